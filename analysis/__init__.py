@@ -1,0 +1,1 @@
+"""pdspace analysis package."""

@@ -1,0 +1,1 @@
+"""pdspace core package."""

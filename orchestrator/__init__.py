@@ -1,0 +1,1 @@
+"""pdspace orchestrator package."""
