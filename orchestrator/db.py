@@ -29,7 +29,8 @@ RUN_KINDS = ("data", "teacher", "logits", "student", "baseline", "external")
 RUN_STATUSES = ("pending", "running", "completed", "failed")
 
 
-def _now() -> dt.datetime:
+def utcnow() -> dt.datetime:
+    """Naive UTC now (what the DateTime columns hold)."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
@@ -43,7 +44,7 @@ class Study(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     spec: Mapped[dict] = mapped_column(JSON)
     spec_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[dt.datetime] = mapped_column(default=_now)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     study_runs: Mapped[list["StudyRun"]] = relationship(back_populates="study")
 
 

@@ -1,0 +1,267 @@
+"""The `pdspace` command: each verb is a short function over library code.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input. Errors are one sentence on stderr; `--debug`
+shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+EXAMPLES = textwrap.dedent(
+    """\
+    examples:
+      pdspace run studies/quickstart.yaml            train what is missing, print PD vs LM
+      pdspace plan studies/paper/top_k.yaml          units, sizes, FLOPs, GPU-hours, reuse
+      pdspace validate studies/mini/                 check every study in a folder
+      pdspace run studies/quickstart.yaml --set base.tokens=250000 --max-concurrent 2
+      pdspace status quickstart                      runs and their state
+      pdspace results quickstart --format csv > quickstart.csv
+      pdspace query "SELECT trial_id, status FROM study_runs JOIN runs ON runs.id = run_id"
+      pdspace fit quickstart --law power
+      pdspace figures quickstart --out figures/
+      pdspace report quickstart                      one HTML file: tables, fits, figures
+      pdspace import ../shared/reference/peng2025_results.csv --study paper
+
+    database: --db URL or PATH, else $PDSPACE_DB, else ./pdspace.db
+    artifacts: $PDSPACE_HOME, else ./artifacts
+    """
+)
+
+
+class UsageError(ValueError):
+    """Bad input from the command line (exit code 2)."""
+
+
+def _study_files(target: str) -> list[Path]:
+    path = Path(target)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.yaml") if not p.name.startswith("_"))
+        if not files:
+            raise UsageError(f"{target}: the folder holds no study files (*.yaml)")
+        return files
+    if not path.exists():
+        raise UsageError(f"{target}: no such study file")
+    return [path]
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from orchestrator.study import load_study
+
+    for f in _study_files(args.study):
+        study = load_study(f, overrides=args.set)
+        print(f"{f}: ok ({study.name})")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from orchestrator.plan import build_plan, format_plan
+    from orchestrator.study import load_study
+
+    db_url = _db(args)
+    for f in _study_files(args.study):
+        plan = build_plan(load_study(f, overrides=args.set), artifacts=_artifacts())
+        print(format_plan(plan, db_url=db_url if _db_exists(db_url) else None))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from orchestrator.run import run_study
+    from orchestrator.study import load_study
+
+    db_url = _db(args)
+    status = 0
+    studies = [load_study(f, overrides=args.set) for f in _study_files(args.study)]
+    for study in studies:
+        code = run_study(study, db_url=db_url, artifacts=_artifacts(), address=args.address,
+                         max_concurrent=args.max_concurrent, quiet=args.quiet or not sys.stdout.isatty(),
+                         live=not args.quiet and sys.stdout.isatty())
+        status = max(status, code)
+    return status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from orchestrator.run import format_status
+
+    print(format_status(_db(args, must_exist=True), args.study))
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from orchestrator.run import results_frame
+
+    frame = results_frame(_db(args, must_exist=True), args.study)
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    elif args.format == "parquet":
+        if not args.out:
+            raise UsageError("--format parquet needs --out FILE")
+        frame.to_parquet(args.out, index=False)
+        print(f"wrote {args.out}")
+    else:
+        import pandas as pd
+
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(frame.to_string(index=False))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import pandas as pd
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from orchestrator.db import make_engine
+
+    engine = make_engine(_db(args, must_exist=True), read_only=True)
+    try:
+        with engine.connect() as conn:
+            frame = pd.read_sql(text(args.sql), conn)
+    except SQLAlchemyError as exc:
+        raise UsageError(f"the query failed: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}")
+    if args.format == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif args.format == "json":
+        print(frame.to_json(orient="records", indent=2))
+    else:
+        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+            print(frame.to_string(index=False))
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from analysis.commands import fit_command
+
+    print(fit_command(_db(args, must_exist=True), args.study, args.law))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from analysis.commands import figures_command
+
+    for path in figures_command(_db(args, must_exist=True), args.study, args.out):
+        print(path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.commands import report_command
+
+    print(report_command(_db(args, must_exist=True), args.study, args.out))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from analysis.commands import import_command
+
+    n = import_command(_db(args), args.csv, args.study)
+    print(f"imported {n} rows into study '{args.study}'")
+    return 0
+
+
+def _db(args: argparse.Namespace, must_exist: bool = False) -> str:
+    from orchestrator.db import resolve_db_url
+
+    url = resolve_db_url(args.db)
+    if must_exist and not _db_exists(url):
+        raise UsageError(f"no results database at {url.removeprefix('sqlite:///')}; run a study first or pass --db")
+    return url
+
+
+def _db_exists(url: str) -> bool:
+    if not url.startswith("sqlite"):
+        return True
+    return Path(url.split("///", 1)[1]).exists()
+
+
+def _artifacts() -> Path:
+    from core.utils import artifacts_root
+
+    return artifacts_root()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pdspace", description="Design-space studies of pre-training distillation, from one command.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--db", help="results database: SQLAlchemy URL or SQLite path")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=func)
+        return p
+
+    for name, func, help_ in (("validate", cmd_validate, "check study files; exit 2 with dotted-path errors"),
+                              ("plan", cmd_plan, "what would run: units, sizes, tokens, FLOPs, time, reuse")):
+        p = verb(name, func, help_)
+        p.add_argument("study", help="study YAML file or folder")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
+    p = verb("run", cmd_run, "run a study (or every study in a folder): only what is missing")
+    p.add_argument("study", help="study YAML file or folder")
+    p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")
+    p.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
+    p = verb("status", cmd_status, "runs and their state")
+    p.add_argument("study", nargs="?", help="study name (default: all)")
+    p = verb("results", cmd_results, "one row per run: config, final held-out loss, evaluations")
+    p.add_argument("study")
+    p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    p.add_argument("--out", help="output file (parquet)")
+    p = verb("query", cmd_query, "read-only SQL on the results database")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    p = verb("fit", cmd_fit, "fit a scaling law to a study's runs")
+    p.add_argument("study")
+    p.add_argument("--law", choices=("power", "chinchilla", "distillation"), default="power")
+    p = verb("figures", cmd_figures, "paper-style figures (PNG and PDF)")
+    p.add_argument("study")
+    p.add_argument("--out", default=None, help="output folder (default: artifacts/reports/STUDY/figures)")
+    p = verb("report", cmd_report, "one self-contained HTML report: tables, fits, figures")
+    p.add_argument("study")
+    p.add_argument("--out", default=None, help="output file (default: artifacts/reports/STUDY/report.html)")
+    p = verb("import", cmd_import, "import external results in the reference CSV's format")
+    p.add_argument("csv")
+    p.add_argument("--study", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        os.environ["PDSPACE_QUIET"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("pdspace: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into sentences
+        if args.debug:
+            raise
+        if isinstance(exc, (ValueError, FileNotFoundError, LookupError)):
+            print(f"pdspace: {_sentence(exc)}", file=sys.stderr)
+            return 2
+        print(f"pdspace: {type(exc).__name__}: {_sentence(exc)} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _sentence(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

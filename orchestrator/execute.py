@@ -1,0 +1,215 @@
+"""Runs a planned study on Ray: the only module of pdspace that imports ray.
+
+Units run in dependency waves: every unit whose dependencies are complete runs in the current
+wave. Training units (teachers, students, baselines) go to one Ray Tune Tuner per wave, with
+per-trial resources, a concurrency limit and bounded retries; a unit with several workers runs
+as a Ray Train TorchTrainer (DDP) job from inside its trial. Logits extraction runs as Ray tasks
+beside the Tuner. Each unit writes its own rows to the database (see orchestrator.worker).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from orchestrator.plan import Unit  # noqa: E402
+from orchestrator.worker import execute_unit  # noqa: E402
+
+TRAINING_KINDS = ("teacher", "student", "baseline")
+
+
+def _ray_temp_dir(artifacts: Path) -> str:
+    """Ray's temp dir inside the artifacts, unless its socket paths would be too long."""
+    candidate = (artifacts / "ray").resolve()
+    if len(str(candidate)) > 60:  # AF_UNIX paths are limited to ~107 bytes, Ray adds ~45
+        digest = hashlib.sha256(str(candidate).encode()).hexdigest()[:10]
+        candidate = Path(tempfile.gettempdir()) / f"pdspace-ray-{digest}"
+    candidate.mkdir(parents=True, exist_ok=True)
+    return str(candidate)
+
+
+def start_ray(address: str | None, artifacts: Path, *, num_cpus: int | None = None,
+              num_gpus: int | None = None) -> None:
+    """Join ``address`` or start a local Ray sized to this machine (no dashboard, small store)."""
+    if ray.is_initialized():
+        return
+    # Our own summary names failed units; Tune's per-trial error dumps would repeat them.
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    common = dict(
+        include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}},
+    )
+    if address:
+        ray.init(address=address, **common)
+        return
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
+        object_store_memory=256 * 1024 * 1024, _temp_dir=_ray_temp_dir(artifacts), **common,
+    )
+
+
+def stop_ray() -> None:
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _trial(config: dict[str, Any]) -> None:
+    """Tune function trainable: run one training unit (resuming from its checkpoint)."""
+    unit, ctx = config["unit"], config["ctx"]
+    if unit["resources"]["workers"] > 1:
+        _run_ddp(unit, ctx)
+    else:
+        execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"])
+    tune.report({"done": 1})
+
+
+def _ddp_loop(loop_config: dict[str, Any]) -> None:
+    # Runs on every Ray Train worker; torch.distributed (gloo/NCCL) is already initialised.
+    import ray.train.torch  # noqa: F401
+
+    unit, ctx = loop_config["unit"], loop_config["ctx"]
+    device = "cpu"
+    if unit["resources"]["gpus"] > 0:
+        device = str(ray.train.torch.get_device())
+    execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"], device=device)
+
+
+def _run_ddp(unit: dict[str, Any], ctx: dict[str, Any]) -> None:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    res = unit["resources"]
+    trainer = TorchTrainer(
+        _ddp_loop,
+        train_loop_config={"unit": unit, "ctx": ctx},
+        torch_config=TorchConfig(backend="nccl" if res["gpus"] > 0 else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=res["workers"], use_gpu=res["gpus"] > 0,
+            resources_per_worker={"CPU": res["cpus"], **({"GPU": res["gpus"]} if res["gpus"] else {})},
+        ),
+        run_config=RunConfig(name=f"ddp-{unit['config_hash']}",
+                             storage_path=str(Path(ctx["artifacts"]).resolve() / "ray_results")),
+    )
+    trainer.fit()
+
+
+@ray.remote
+def _task(unit: dict[str, Any], ctx: dict[str, Any]) -> str:
+    execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"])
+    return unit["config_hash"]
+
+
+def run_wave(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | None,
+             max_retries: int, name: str) -> dict[str, str | None]:
+    """Run one wave; returns {config_hash: None if it succeeded else an error sentence}."""
+    outcome: dict[str, str | None] = {}
+    tasks = {}
+    for u in units:
+        if u.kind not in TRAINING_KINDS:
+            opts = {"num_cpus": u.resources["cpus"], "num_gpus": u.resources["gpus"],
+                    "max_retries": max_retries, "retry_exceptions": True}
+            tasks[u.config_hash] = _task.options(**opts).remote(u.as_dict(), ctx)
+    trials = [u for u in units if u.kind in TRAINING_KINDS]
+    if trials:
+        outcome.update(_run_tuner(trials, ctx, max_concurrent=max_concurrent, max_retries=max_retries, name=name))
+    for h, ref in tasks.items():
+        try:
+            ray.get(ref)
+            outcome[h] = None
+        except Exception as exc:  # noqa: BLE001 - recorded, the study goes on
+            outcome[h] = _one_sentence(exc)
+    return outcome
+
+
+def _run_tuner(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | None,
+               max_retries: int, name: str) -> dict[str, str | None]:
+    by_resources: dict[tuple, list[Unit]] = {}
+    for u in units:
+        key = (u.resources["cpus"], u.resources["gpus"], u.resources["workers"])
+        by_resources.setdefault(key, []).append(u)
+    outcome: dict[str, str | None] = {}
+    # One Tuner per resource shape (Tune's trials in one Tuner share a resource request).
+    for (cpus, gpus, workers), group in by_resources.items():
+        trial_resources = {"cpu": cpus, "gpu": gpus} if workers == 1 else {"cpu": 0}
+        trainable = tune.with_resources(_trial, trial_resources)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"unit": tune.grid_search([u.as_dict() for u in group]), "ctx": ctx},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, num_samples=1),
+            run_config=tune.RunConfig(
+                name=f"{name}-{cpus}-{gpus}-{workers}",
+                storage_path=str(Path(ctx["artifacts"]).resolve() / "ray_results"),
+                failure_config=tune.FailureConfig(max_failures=max_retries),
+                verbose=0,
+            ),
+        )
+        grid = tuner.fit()
+        for result in grid:
+            h = result.config["unit"]["config_hash"]
+            outcome[h] = None if result.error is None else _one_sentence(result.error)
+    return outcome
+
+
+def _one_sentence(exc: BaseException) -> str:
+    """The innermost error's message, without Ray's wrapping."""
+    cause = exc
+    while True:
+        nxt = getattr(cause, "cause", None) or cause.__cause__
+        if nxt is None or nxt is cause:
+            break
+        cause = nxt
+    text = str(cause).strip().splitlines()
+    msg = next((line for line in reversed(text) if line.strip()), type(cause).__name__)
+    return f"{type(cause).__name__}: {msg}" if not msg.startswith(type(cause).__name__) else msg
+
+
+def execute(units: list[Unit], *, db_url: str, artifacts: Path, address: str | None,
+            max_concurrent: int | None, max_retries: int,
+            on_wave: Callable[[int, list[Unit]], None] | None = None) -> dict[str, str | None]:
+    """Run every unit in dependency order; returns {config_hash: error or None}."""
+    ctx = {"db_url": db_url, "artifacts": str(Path(artifacts).resolve())}
+    start_ray(address, Path(artifacts))
+    done: dict[str, str | None] = {}
+    pending = list(units)
+    wave = 0
+    lock = threading.Lock()
+    try:
+        while pending:
+            ready = [u for u in pending if all(d in done for d in u.deps)]
+            blocked = [u for u in ready if any(done[d] is not None for d in u.deps)]
+            for u in blocked:
+                failed = next(d for d in u.deps if done[d] is not None)
+                done[u.config_hash] = f"a unit it depends on failed ({failed[:10]})"
+                from orchestrator.worker import record_failure
+
+                record_failure(db_url, u.config_hash, done[u.config_hash])
+            ready = [u for u in ready if u not in blocked]
+            pending = [u for u in pending if u.config_hash not in done and u not in ready]
+            if not ready:
+                if blocked:
+                    continue  # their dependents may be blocked now too
+                if pending:
+                    raise RuntimeError("the study's units have a dependency cycle")
+                break
+            wave += 1
+            if on_wave:
+                on_wave(wave, ready)
+            result = run_wave(ready, ctx, max_concurrent=max_concurrent, max_retries=max_retries, name=f"wave{wave}")
+            with lock:
+                done.update(result)
+    finally:
+        stop_ray()
+    return done

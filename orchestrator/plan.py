@@ -1,0 +1,219 @@
+"""A study expanded into units of work (data, teachers, logits, students, baselines) with their
+dependencies, sizes, FLOPs and time estimates; what already exists is marked for reuse.
+
+Data regions: a teacher trained from scratch learns on the second half of the training
+sequences; students, their baselines and offline logits use the first ones (as many as the
+student's token budget needs), so a student learns on text its teacher never saw, as it would
+with a pretrained teacher. Online logits are the teacher's own batches, so a student trained on
+an online window sees the teacher's sequences, as in the paper.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.utils import stable_hash
+
+# Throughput assumptions for estimates (stated in `pdspace plan`'s output).
+CPU_FLOPS_PER_S = 4.0e10  # one trial on one CPU core, fp32, measured range 3-6e10 (CPU_SCALE.md)
+GPU_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
+GPU_MFU = 0.40
+LOGITS_STORE_BYTES_PER_ENTRY = 4.25  # at V = 151,552: 18-bit index + 16-bit value
+EST_KEPT_PER_TOKEN = 25  # the paper's ~150 bytes/token at top-0.95-100; CPU teachers keep more
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One unit of work; ``config_hash`` is its identity in the database and artifact cache."""
+
+    kind: str
+    trial_id: str
+    config: dict
+    config_hash: str
+    deps: tuple[str, ...] = ()
+    resources: dict = field(default_factory=lambda: {"cpus": 1, "gpus": 0, "workers": 1})
+    factor: str | None = None
+    value: str | None = None
+    estimate: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["deps"] = list(self.deps)
+        return out
+
+
+@dataclass
+class Plan:
+    study: Any
+    units: list[Unit]
+    aliases: list[tuple[str, Unit]]
+    """(trial id, unit) for study trials that share a unit with another trial id."""
+
+    def by_hash(self) -> dict[str, Unit]:
+        return {u.config_hash: u for u in self.units}
+
+
+def _estimate(size: str, vocab_size: int, seq_len: int, tokens: int, gpus: float, workers: int,
+              forward_only: bool = False) -> dict[str, Any]:
+    from core.models import param_counts
+
+    counts = param_counts(size, vocab_size, seq_len)
+    # 6N + attention per trained token, plus the output layer (2·V·d forward, x3 with backward),
+    # which dominates at CPU sizes.
+    from core.models import get_size
+
+    d = get_size(size).hidden
+    per_token = counts.flops_per_token + 6 * vocab_size * d
+    flops = per_token * tokens / (3 if forward_only else 1)
+    if gpus > 0:
+        seconds = flops / (GPU_PEAK_FLOPS * GPU_MFU * max(gpus * workers, 1))
+    else:
+        seconds = flops / (CPU_FLOPS_PER_S * max(workers, 1))
+    return {"size": size, "num_params": counts.num_params,
+            "num_non_embedding_params": counts.num_non_embedding_params,
+            "flops_per_token": counts.flops_per_token, "tokens": tokens, "flops": flops,
+            "seconds": seconds, "gpu_hours": seconds * gpus * workers / 3600 if gpus else 0.0}
+
+
+def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
+    """Expand ``study`` (orchestrator.study.Study) into units in dependency order."""
+    res = study.resources
+    resources = {"cpus": res.cpus_per_trial, "gpus": res.gpus_per_trial, "workers": res.workers_per_trial}
+    one_worker = {**resources, "workers": 1}
+    data_spec = study.data_spec()
+    vocab = data_spec.get("vocab_size") or 4096
+    seq_len = data_spec["seq_len"]
+    data_unit = Unit(kind="data", trial_id="data", config={"kind": "data", "data": data_spec},
+                     config_hash=stable_hash({"kind": "data", "data": data_spec}),
+                     resources={"cpus": 1, "gpus": 0, "workers": 1})
+    units: list[Unit] = [data_unit]
+    trials = study.trials()
+    teachers = study.teacher_specs()
+    teacher_units: dict[str, Unit] = {}
+    for name, spec in teachers.items():
+        if spec.config.get("origin") != "scratch":
+            continue
+        est = _estimate(spec.config["size"], vocab, seq_len, spec.config["tokens"], resources["gpus"],
+                        resources["workers"])
+        u = Unit(kind="teacher", trial_id=f"teacher:{name}", config=spec.config, config_hash=spec.config_hash,
+                 deps=(data_unit.config_hash,), resources=resources, estimate=est)
+        teacher_units[name] = u
+    logits_units: dict[str, Unit] = {}
+    for name in teachers:
+        if not any(t.config["teacher"] == name and (t.config["logits"] or {}).get("source") == "offline"
+                   for t in trials):
+            continue
+        spec = study.logits_spec(name)
+        deps = [data_unit.config_hash] + ([teacher_units[name].config_hash] if name in teacher_units else [])
+        tspec = teachers[name].config
+        est = {}
+        if tspec.get("size"):
+            est = _estimate(tspec["size"], vocab, seq_len, spec.config["num_tokens"] or 0,
+                            resources["gpus"], 1, forward_only=True)
+        kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
+        est["store_bytes"] = (spec.config["num_tokens"] or 0) * kept * LOGITS_STORE_BYTES_PER_ENTRY
+        logits_units[name] = Unit(kind="logits", trial_id=f"logits:{name}", config=spec.config,
+                                  config_hash=spec.config_hash, deps=tuple(deps), resources=one_worker,
+                                  estimate=est)
+    seen: dict[str, Unit] = {}
+    aliases: list[tuple[str, Unit]] = []
+    trial_units: list[Unit] = []
+    for t in trials:
+        if t.config_hash in seen:
+            aliases.append((t.trial_id, seen[t.config_hash]))
+            continue
+        cfg = dict(t.config)
+        cfg["baseline_hash"] = t.baseline_hash
+        deps = [data_unit.config_hash]
+        teacher = cfg.get("teacher")
+        if teacher:
+            cfg["teacher_pretrained"] = teachers[teacher].config.get("pretrained")
+            if teacher in teacher_units:
+                deps.append(teacher_units[teacher].config_hash)
+            if cfg["logits"]["source"] == "offline":
+                deps.append(logits_units[teacher].config_hash)
+                cfg["logits_hash"] = logits_units[teacher].config_hash
+        est = _estimate(cfg["student"], vocab, seq_len, cfg["tokens"], resources["gpus"], resources["workers"])
+        cfg.update(num_params=est["num_params"], num_non_embedding_params=est["num_non_embedding_params"],
+                   flops_per_token=est["flops_per_token"])
+        u = Unit(kind=t.role, trial_id=t.trial_id, config=cfg, config_hash=t.config_hash, deps=tuple(deps),
+                 resources=resources, factor=t.factor, value=t.value, estimate=est)
+        seen[t.config_hash] = u
+        trial_units.append(u)
+    # Baselines first: they need no teacher, so they run beside it.
+    trial_units.sort(key=lambda u: 0 if u.kind == "baseline" else 1)
+    units += list(teacher_units.values()) + list(logits_units.values()) + trial_units
+    return Plan(study=study, units=units, aliases=aliases)
+
+
+def existing_status(db_url: str | None, plan: Plan) -> dict[str, str]:
+    """config_hash -> status for the plan's units already in the database (any study)."""
+    if not db_url:
+        return {}
+    from sqlalchemy import select
+
+    from orchestrator.db import Run, make_engine
+
+    engine = make_engine(db_url, read_only=db_url.startswith("sqlite"))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(Run.config_hash, Run.status).where(
+                Run.config_hash.in_([u.config_hash for u in plan.units]))).all()
+    except Exception:  # noqa: BLE001 - a database without our tables yet holds nothing
+        return {}
+    finally:
+        engine.dispose()
+    return {h: s for h, s in rows}
+
+
+def _human(n: float, unit: str = "") -> str:
+    for suffix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds:.0f} s"
+
+
+def format_plan(plan: Plan, db_url: str | None = None) -> str:
+    """The table `pdspace plan` prints."""
+    status = existing_status(db_url, plan)
+    gpu = plan.units[0] is not None and any(u.resources["gpus"] for u in plan.units)
+    lines = [f"study {plan.study.name}: {len(plan.units)} units ({len(plan.aliases)} trial ids share a unit)"]
+    header = f"{'unit':<44} {'kind':<8} {'model':<7} {'params':>8} {'tokens':>8} {'FLOPs':>8} {'est.':>9}  state"
+    lines += [header, "-" * len(header)]
+    total_s = total_flops = gpu_hours = store = 0.0
+    for u in plan.units:
+        e = u.estimate
+        st = status.get(u.config_hash)
+        state = {"completed": "reuse (done)", "running": "resume", "failed": "retry", "pending": "resume"}.get(
+            st or "", "new")
+        if st != "completed":
+            total_s += e.get("seconds", 0.0)
+            gpu_hours += e.get("gpu_hours", 0.0)
+        total_flops += e.get("flops", 0.0)
+        store += e.get("store_bytes", 0.0)
+        lines.append(
+            f"{u.trial_id[:44]:<44} {u.kind:<8} {e.get('size', '-'):<7} "
+            f"{_human(e['num_params']) if 'num_params' in e else '-':>8} "
+            f"{_human(e['tokens']) if e.get('tokens') else '-':>8} "
+            f"{_human(e['flops']) if e.get('flops') else '-':>8} "
+            f"{_duration(e['seconds']) if e.get('seconds') else '-':>9}  {state}"
+        )
+    lines.append("-" * len(header))
+    lines.append(f"total FLOPs {_human(total_flops)}; logits store on disk ~{_human(store, 'B')}")
+    if gpu:
+        lines.append(f"to run: ~{gpu_hours:,.0f} GPU-hours (H100 bf16 at {GPU_MFU:.0%} MFU), "
+                     f"~{_duration(total_s)} of wall time per trial slot")
+    else:
+        slots = plan.study.resources.max_concurrent or 2
+        lines.append(f"to run: ~{_duration(total_s)} of single-core compute (at {CPU_FLOPS_PER_S:.0e} FLOP/s "
+                     f"per trial), ~{_duration(total_s / slots)} with {slots} trials at once, plus start-up")
+    return "\n".join(lines)

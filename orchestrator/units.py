@@ -1,0 +1,202 @@
+"""What each kind of unit does, in terms of core: prepare data, train a teacher, extract logits,
+train a student or its LM-only baseline, evaluate. No ray and no study parsing here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from orchestrator.recorder import RunRecorder
+
+Runner = Callable[[dict[str, Any], Path, str, RunRecorder, str], None]
+
+
+def _data(unit: dict[str, Any], artifacts: str):
+    from core.data import DataSpec, prepare_data
+
+    return prepare_data(DataSpec.from_dict(unit["config"]["data"]), Path(artifacts))
+
+
+def run_data(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+    data = _data(unit, artifacts)
+    rec.artifact("data", data.path)
+
+
+def teacher_examples(data: Any) -> np.ndarray:
+    """A scratch teacher trains on the second half of the training sequences (see plan.py)."""
+    n = data.num_sequences("train")
+    return np.arange(n // 2, n, dtype=np.int64)
+
+
+def student_examples(data: Any, tokens: int) -> np.ndarray:
+    """Students, baselines and offline logits use the first sequences their budget needs."""
+    n = data.num_sequences("train")
+    need = -(-int(tokens) // data.seq_len)
+    if need > n // 2:
+        need = n  # the budget exceeds the student half: use everything (epochs repeat)
+    return np.arange(min(need, n), dtype=np.int64)
+
+
+def _teacher_model(pretrained: str | None, teacher_hash: str | None, artifacts: str, device: str):
+    """The teacher as an eval-mode model: a pretrained hub id/path or a trained teacher's export."""
+    from core.models import load_pretrained
+
+    source = pretrained or str(Path(artifacts) / "runs" / teacher_hash / "export")
+    model, _ = load_pretrained(source, device=device)
+    model.eval()
+    return model
+
+
+def _evaluator(cfg: dict[str, Any], data: Any, artifacts: str, device: str, *,
+               val_teacher: Any = None, total_tokens: int) -> Callable:
+    """Held-out loss (and teacher agreement) at every evaluation point; lm-eval tasks as configured."""
+    from core.evaluation import heldout_metrics
+
+    ev = cfg["eval"]
+    tasks = list(ev.get("builtin_tasks") or []) + list(ev.get("tasks") or [])
+    builtin = None
+    if tasks:
+        from core.lmeval import build_builtin_tasks
+
+        builtin = build_builtin_tasks(data, Path(artifacts) / "tasks", seed=ev["task_seed"],
+                                      num_examples=ev["task_examples"])
+
+    def evaluate(model: torch.nn.Module, step: int, tokens: int):
+        metrics = heldout_metrics(model, data, teacher=val_teacher, max_sequences=ev["heldout_sequences"],
+                                  batch_size=ev["batch_size"], device=device)
+        records: list[dict[str, Any]] = []
+        if tasks and (tokens >= total_tokens or not ev["final_only"]):
+            from core.lmeval import run_lm_eval
+
+            records = run_lm_eval(model, data.tokenizer, tasks, builtin.include_path, device=device,
+                                  limit=ev.get("limit"), batch_size=ev["batch_size"])
+        return metrics, records
+
+    return evaluate
+
+
+def _train_config(cfg: dict[str, Any], device: str):
+    from core.losses import KDConfig
+    from core.trainer import TrainConfig
+
+    opt = cfg["optimizer"]
+    return TrainConfig(
+        tokens=cfg["tokens"], batch_size=cfg["batch_size"], micro_batch_size=cfg.get("micro_batch_size"),
+        lr=opt["lr"], weight_decay=opt["weight_decay"], betas=tuple(opt["betas"]), grad_clip=opt["grad_clip"],
+        lr_schedule=cfg["lr_schedule"],
+        alpha_schedule=cfg.get("alpha_schedule") or {"kind": "constant", "alpha": 0.0},
+        kd=KDConfig(**cfg["kd"]) if cfg.get("kd") else None, seed=cfg["seed"],
+        eval_every_tokens=cfg["eval"]["every_tokens"], device=device,
+        inject_nonfinite_from_step=(cfg.get("debug") or {}).get("nonfinite_from_step"),
+    )
+
+
+def _total_tokens(tcfg: Any, data: Any) -> int:
+    tokens_per_step = tcfg.batch_size * data.seq_len
+    return max(1, tcfg.tokens // tokens_per_step) * tokens_per_step
+
+
+def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+    from core.models import build_model
+    from core.trainer import train
+
+    cfg = unit["config"]
+    data = _data(unit, artifacts)
+    model = build_model(cfg["size"], data.vocab_size, data.seq_len, seed=cfg["seed"],
+                        eos_token_id=data.eos_token_id)
+    tcfg = _train_config(cfg, device)
+    capture = None
+    if cfg["online"]["capture"]:
+        from core.logits import OnlineCapture
+
+        on = cfg["online"]
+        capture = OnlineCapture(
+            out_dir / "online_logits", vocab_size=data.vocab_size, seq_len=data.seq_len,
+            top_p_max=on["top_p"], top_k_max=on["top_k"], gammas=on["gammas"],
+            teacher_id=cfg["name"], teacher_hash=unit["config_hash"],
+            tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
+        )
+    evaluate = _evaluator(cfg, data, artifacts, device, total_tokens=_total_tokens(tcfg, data))
+    result = train(tcfg, model, data, run_dir=out_dir, report=rec.report, evaluator=evaluate,
+                   online_capture=capture, examples=teacher_examples(data))
+    rec.artifact("export", result.export_dir)
+    if capture is not None:
+        rec.artifact("online_logits", out_dir / "online_logits")
+
+
+def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+    from core.logits import extract_logits
+
+    cfg = unit["config"]
+    data = _data(unit, artifacts)
+    model = _teacher_model(cfg.get("pretrained"), cfg["teacher_hash"], artifacts, device)
+    from core.models import check_vocab_compatible
+
+    check_vocab_compatible(model.config.vocab_size, data.vocab_size)
+    num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
+    path = extract_logits(
+        model, data, out_dir / "store", split="train", top_p_max=cfg["top_p_max"],
+        top_k_max=cfg["top_k_max"], gammas=cfg["gammas"], batch_size=cfg["batch_size"],
+        shard_tokens=cfg["shard_tokens"], device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
+        teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
+        num_sequences=num_sequences,
+    )
+    rec.artifact("logits_store", path)
+
+
+def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+    from core.models import build_model
+    from core.trainer import train
+
+    cfg = unit["config"]
+    data = _data(unit, artifacts)
+    model = build_model(cfg["student"], data.vocab_size, data.seq_len, seed=cfg["seed"],
+                        eos_token_id=data.eos_token_id)
+    tcfg = _train_config(cfg, device)
+    teacher = val_teacher = None
+    examples = student_examples(data, cfg["tokens"])
+    if cfg.get("teacher"):
+        from core.logits import LiveTeacher, LogitsStore, StoreTeacher
+
+        lg = cfg["logits"]
+        entries = None
+        if lg["source"] == "offline":
+            store_dir = Path(artifacts) / "logits" / cfg["logits_hash"] / "store"
+        else:
+            store_dir = Path(artifacts) / "runs" / cfg["teacher_hash"] / "online_logits"
+        store = LogitsStore.open(store_dir, expect={
+            "tokenizer_hash": data.tokenizer_hash, "data_hash": data.hash, "seq_len": data.seq_len,
+            "vocab_size": data.vocab_size, "teacher_hash": cfg["teacher_hash"],
+            "top_p": lg["top_p"], "top_k": lg["top_k"],
+        })
+        store.verify()
+        if lg["source"] == "online":
+            if lg.get("steps"):
+                entries = store.window(steps=tuple(lg["steps"]))
+            elif lg.get("window") == "first":
+                entries = store.window(first_tokens=lg["tokens"])
+            else:
+                entries = store.window(last_tokens=lg["tokens"])
+            examples = store.entry_sequence_ids()[entries]
+        teacher = StoreTeacher(store, top_p=lg["top_p"], top_k=lg["top_k"], entries=entries)
+        pretrained = cfg.get("teacher_pretrained")
+        val_teacher = LiveTeacher(_teacher_model(pretrained, cfg["teacher_hash"], artifacts, device),
+                                  top_p=lg["top_p"], top_k=lg["top_k"], gammas=store.gammas)
+    evaluate = _evaluator(cfg, data, artifacts, device, val_teacher=val_teacher,
+                          total_tokens=_total_tokens(tcfg, data))
+    result = train(tcfg, model, data, run_dir=out_dir, teacher=teacher, report=rec.report,
+                   evaluator=evaluate, examples=examples)
+    if result.export_dir is not None:
+        rec.artifact("export", result.export_dir)
+
+
+RUNNERS: dict[str, Runner] = {
+    "data": run_data,
+    "teacher": run_teacher,
+    "logits": run_logits,
+    "student": run_student,
+    "baseline": run_student,
+}
