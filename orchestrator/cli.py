@@ -6,7 +6,6 @@ shows the traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
@@ -123,9 +122,13 @@ def cmd_query(args: argparse.Namespace) -> int:
     engine = make_engine(_db(args, must_exist=True), read_only=True)
     try:
         with engine.connect() as conn:
-            frame = pd.read_sql(text(args.sql), conn)
+            result = conn.execute(text(args.sql))
+            if not result.returns_rows:
+                raise UsageError("the query returned no rows to show (pdspace query is read-only)")
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     except SQLAlchemyError as exc:
-        raise UsageError(f"the query failed: {str(exc.orig if hasattr(exc, 'orig') else exc).splitlines()[0]}")
+        orig = getattr(exc, "orig", None) or exc
+        raise UsageError(f"the query failed: {str(orig).splitlines()[0]}") from exc
     if args.format == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif args.format == "json":

@@ -3,7 +3,7 @@
 Units run in dependency waves: every unit whose dependencies are complete runs in the current
 wave. Training units (teachers, students, baselines) go to one Ray Tune Tuner per wave, with
 per-trial resources, a concurrency limit and bounded retries; a unit with several workers runs
-as a Ray Train TorchTrainer (DDP) job from inside its trial. Logits extraction runs as Ray tasks
+as a Ray Train TorchTrainer (DDP) job. Logits extraction runs as Ray tasks
 beside the Tuner. Each unit writes its own rows to the database (see orchestrator.worker).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ TRAINING_KINDS = ("teacher", "student", "baseline")
 def _ray_temp_dir(artifacts: Path) -> str:
     """Ray's temp dir inside the artifacts, unless its socket paths would be too long."""
     candidate = (artifacts / "ray").resolve()
-    if len(str(candidate)) > 60:  # AF_UNIX paths are limited to ~107 bytes, Ray adds ~45
+    if len(str(candidate)) > 40:  # AF_UNIX paths are limited to 107 bytes; Ray adds ~65
         digest = hashlib.sha256(str(candidate).encode()).hexdigest()[:10]
         candidate = Path(tempfile.gettempdir()) / f"pdspace-ray-{digest}"
     candidate.mkdir(parents=True, exist_ok=True)
@@ -48,6 +48,7 @@ def start_ray(address: str | None, artifacts: Path, *, num_cpus: int | None = No
     # Our own summary names failed units; Tune's per-trial error dumps would repeat them.
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     common = dict(
         include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
         runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}},
@@ -69,11 +70,19 @@ def stop_ray() -> None:
 def _trial(config: dict[str, Any]) -> None:
     """Tune function trainable: run one training unit (resuming from its checkpoint)."""
     unit, ctx = config["unit"], config["ctx"]
-    if unit["resources"]["workers"] > 1:
-        _run_ddp(unit, ctx)
-    else:
-        execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"])
+    execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"])
     tune.report({"done": 1})
+
+
+def _run_ddp_with_retries(unit: Unit, ctx: dict[str, Any], max_retries: int) -> str | None:
+    error = None
+    for _ in range(max_retries + 1):
+        try:
+            _run_ddp(unit.as_dict(), ctx)
+            return None
+        except Exception as exc:  # noqa: BLE001 - recorded by the worker; retried here
+            error = _one_sentence(exc)
+    return error
 
 
 def _ddp_loop(loop_config: dict[str, Any]) -> None:
@@ -122,9 +131,14 @@ def run_wave(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | No
             opts = {"num_cpus": u.resources["cpus"], "num_gpus": u.resources["gpus"],
                     "max_retries": max_retries, "retry_exceptions": True}
             tasks[u.config_hash] = _task.options(**opts).remote(u.as_dict(), ctx)
-    trials = [u for u in units if u.kind in TRAINING_KINDS]
+    trials = [u for u in units if u.kind in TRAINING_KINDS and u.resources["workers"] == 1]
     if trials:
         outcome.update(_run_tuner(trials, ctx, max_concurrent=max_concurrent, max_retries=max_retries, name=name))
+    # Multi-worker units run as Ray Train jobs launched from here: their workers hold the
+    # resources, so a Tune trial around them would only take a slot away.
+    for u in units:
+        if u.kind in TRAINING_KINDS and u.resources["workers"] > 1:
+            outcome[u.config_hash] = _run_ddp_with_retries(u, ctx, max_retries)
     for h, ref in tasks.items():
         try:
             ray.get(ref)
@@ -142,15 +156,14 @@ def _run_tuner(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | 
         by_resources.setdefault(key, []).append(u)
     outcome: dict[str, str | None] = {}
     # One Tuner per resource shape (Tune's trials in one Tuner share a resource request).
-    for (cpus, gpus, workers), group in by_resources.items():
-        trial_resources = {"cpu": cpus, "gpu": gpus} if workers == 1 else {"cpu": 0}
-        trainable = tune.with_resources(_trial, trial_resources)
+    for (cpus, gpus, _workers), group in by_resources.items():
+        trainable = tune.with_resources(_trial, {"cpu": cpus, "gpu": gpus})
         tuner = tune.Tuner(
             trainable,
             param_space={"unit": tune.grid_search([u.as_dict() for u in group]), "ctx": ctx},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, num_samples=1),
             run_config=tune.RunConfig(
-                name=f"{name}-{cpus}-{gpus}-{workers}",
+                name=f"{name}-{cpus}-{gpus}",
                 storage_path=str(Path(ctx["artifacts"]).resolve() / "ray_results"),
                 failure_config=tune.FailureConfig(max_failures=max_retries),
                 verbose=0,

@@ -361,6 +361,8 @@ class RunConfig(_Section):
         default_factory=LogitsSourceConfig
     )
     """offline (default) or online teacher logits."""
+    nonfinite_from_step: NonNegInt | None = None
+    """Testing aid: make the loss non-finite from this step on, to exercise failure handling."""
 
 
 class OnlineCaptureConfig(_Section):
@@ -1419,12 +1421,15 @@ def _resolve_run(study: Study, run: RunConfig) -> dict:
             "tokens": (src.tokens or run.tokens) if online and src.steps is None else None,
             "steps": list(src.steps) if online and src.steps is not None else None,
         }
+    if run.nonfinite_from_step is not None:  # only when set, so it leaves other hashes alone
+        config["nonfinite_from_step"] = run.nonfinite_from_step
     config["baseline_hash"] = None
     return config
 
 
 def _baseline_config(config: Mapping) -> dict:
     out = copy.deepcopy(dict(config))
+    out.pop("nonfinite_from_step", None)
     out.update(kind="baseline", teacher=None, teacher_hash=None, kd=None, logits=None,
                baseline_hash=None,
                alpha_schedule=_alpha_dict(AlphaScheduleConfig(alpha=0.0)))

@@ -90,7 +90,7 @@ def _train_config(cfg: dict[str, Any], device: str):
         alpha_schedule=cfg.get("alpha_schedule") or {"kind": "constant", "alpha": 0.0},
         kd=KDConfig(**cfg["kd"]) if cfg.get("kd") else None, seed=cfg["seed"],
         eval_every_tokens=cfg["eval"]["every_tokens"], device=device,
-        inject_nonfinite_from_step=(cfg.get("debug") or {}).get("nonfinite_from_step"),
+        inject_nonfinite_from_step=cfg.get("nonfinite_from_step"),
     )
 
 

@@ -1,0 +1,74 @@
+"""The CLI: bad input exits 2 with one sentence naming the problem, never a traceback."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import build_parser, main
+
+STUDIES = Path(__file__).parent / "studies"
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("text, path", [
+    ("base: {kd: {topk: 5}}", "base.kd.topk: unknown key"),
+    ("base: {tokens: lots}", "base.tokens"),
+    ("base: {kd: {top_p: 1.5}}", "base.kd.top_p: must be in (0, 1]"),
+    ("base: {kd: {top_k: 0}}", "base.kd.top_k"),
+    ("base: {kd: {temperature: 0}}", "base.kd.temperature"),
+    ("base: {alpha: 1.5}", "base.alpha"),
+    ("sweeps: [{kd.nope: [1, 2]}]", "sweeps[0]"),
+    ("base: {teacher: ghost}", "base.teacher"),
+    ("teachers: {g: {pretrained: some/model}}\ndata: {tokenizer: some/model}\n"
+     "base: {teacher: g, logits_source: {online: {window: last}}}", "base.logits_source"),
+    ("base: [unclosed", "line"),
+])
+def test_bad_study_files_exit_2_with_the_dotted_path(tmp_path, capsys, text, path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    code, out, err = _run(capsys, "validate", str(f))
+    assert code == 2
+    assert path in err
+    assert "Traceback" not in err and "pydantic" not in err.lower()
+
+
+def test_include_cycle_and_missing_file(capsys, tmp_path):
+    code, _, err = _run(capsys, "validate", str(STUDIES / "cycle_a.yaml"))
+    assert code == 2 and "cycle" in err
+    code, _, err = _run(capsys, "validate", str(tmp_path / "nope.yaml"))
+    assert code == 2 and "nope.yaml" in err
+
+
+def test_every_shipped_study_validates_and_plans(capsys):
+    root = Path(__file__).resolve().parents[2] / "studies"
+    for f in sorted(root.rglob("*.yaml")):
+        assert main(["validate", str(f)]) == 0, f
+        assert main(["plan", str(f)]) == 0, f
+    out = capsys.readouterr().out
+    assert "FLOPs" in out
+
+
+def test_query_is_read_only_and_status_needs_a_database(capsys, tmp_path):
+    from orchestrator.db import init_db
+
+    db = tmp_path / "r.db"
+    init_db(f"sqlite:///{db}")
+    code, out, _ = _run(capsys, "--db", str(db), "query", "SELECT COUNT(*) AS n FROM runs")
+    assert code == 0 and "n" in out
+    code, _, err = _run(capsys, "--db", str(db), "query", "DELETE FROM runs")
+    assert code == 2 and "readonly" in err.replace(" ", "").lower()
+    code, _, err = _run(capsys, "--db", str(tmp_path / "missing.db"), "status")
+    assert code == 2 and "no results database" in err
+
+
+def test_the_cli_verbs_are_pinned():
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices  # noqa: SLF001
+    assert sorted(verbs) == sorted(["validate", "plan", "run", "status", "results", "query", "fit",
+                                    "figures", "report", "import"])
