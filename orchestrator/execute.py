@@ -56,10 +56,28 @@ def start_ray(address: str | None, artifacts: Path, *, num_cpus: int | None = No
     if address:
         ray.init(address=address, **common)
         return
+    temp_dir = _ray_temp_dir(artifacts)
+    _kill_orphans(temp_dir)
     ray.init(
         num_cpus=num_cpus or os.cpu_count(), num_gpus=num_gpus,
-        object_store_memory=256 * 1024 * 1024, _temp_dir=_ray_temp_dir(artifacts), **common,
+        object_store_memory=256 * 1024 * 1024, _temp_dir=temp_dir, **common,
     )
+
+
+def _kill_orphans(temp_dir: str) -> None:
+    """End Ray processes left by a `pdspace run` that was killed (SIGKILL leaves its local
+    cluster running). Only processes of this artifacts folder's Ray are touched, and only while
+    this process holds the folder's run lock (orchestrator.run), so none of them is in use."""
+    import psutil
+
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+            if proc.info["pid"] != me and temp_dir in cmd:
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def stop_ray() -> None:
