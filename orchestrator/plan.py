@@ -113,8 +113,11 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
                             resources["gpus"], 1, forward_only=True)
         kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
         est["store_bytes"] = (spec.config["num_tokens"] or 0) * kept * LOGITS_STORE_BYTES_PER_ENTRY
+        # A store is extracted once for the tokens its students need; a study needing more
+        # tokens gets its own (longer) store rather than reading past the end of a shorter one.
+        logits_hash = stable_hash({"store": spec.config_hash, "num_tokens": spec.config["num_tokens"]})
         logits_units[name] = Unit(kind="logits", trial_id=f"logits:{name}", config=spec.config,
-                                  config_hash=spec.config_hash, deps=tuple(deps), resources=one_worker,
+                                  config_hash=logits_hash, deps=tuple(deps), resources=one_worker,
                                   estimate=est)
     seen: dict[str, Unit] = {}
     aliases: list[tuple[str, Unit]] = []
