@@ -73,8 +73,12 @@ def _kill_orphans(temp_dir: str) -> None:
     me = os.getpid()
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
+            if proc.info["pid"] == me:
+                continue
+            # Ray renames its agents ("ray::DashboardAgent"); their open logs still name the dir.
             cmd = " ".join(proc.info["cmdline"] or [])
-            if proc.info["pid"] != me and temp_dir in cmd:
+            if temp_dir in cmd or (cmd.startswith("ray::") and any(
+                    f.path.startswith(temp_dir) for f in proc.open_files())):
                 proc.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
