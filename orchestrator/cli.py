@@ -54,8 +54,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     for f in _study_files(args.study):
         study = load_study(f, overrides=args.set)
+        check_study_tasks(study)
         print(f"{f}: ok ({study.name})")
     return 0
+
+
+def check_study_tasks(study: Any) -> None:
+    """Standard lm-eval tasks must be loadable before any training starts."""
+    if study.eval.tasks:
+        from core.lmeval import check_tasks_available
+
+        check_tasks_available(list(study.eval.tasks))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -76,6 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     db_url = _db(args)
     status = 0
     studies = [load_study(f, overrides=args.set) for f in _study_files(args.study)]
+    for study in studies:
+        check_study_tasks(study)
     for study in studies:
         code = run_study(study, db_url=db_url, artifacts=_artifacts(), address=args.address,
                          max_concurrent=args.max_concurrent, quiet=args.quiet or not sys.stdout.isatty(),

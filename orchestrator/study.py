@@ -430,7 +430,7 @@ class EvalConfig(_Section):
 
     every_tokens: PosInt | None = None
     """Held-out evaluation interval in training tokens; None: 10 points per run."""
-    heldout_sequences: PosInt = 256
+    heldout_sequences: PosInt = 64
     """Held-out sequences per evaluation (val_loss, teacher_kl, top1_agreement)."""
     builtin_tasks: list[Literal["pdspace_nextline", "pdspace_cloze"]] = Field(
         default_factory=lambda: list(BUILTIN_TASKS)

@@ -72,3 +72,11 @@ def test_the_cli_verbs_are_pinned():
     verbs = parser._subparsers._group_actions[0].choices  # noqa: SLF001
     assert sorted(verbs) == sorted(["validate", "plan", "run", "status", "results", "query", "fit",
                                     "figures", "report", "import"])
+
+
+@pytest.mark.slow
+def test_a_standard_task_without_its_dataset_fails_validation(tmp_path, capsys):
+    f = tmp_path / "hs.yaml"
+    f.write_text("base: {student: d32l2}\neval: {tasks: [hellaswag]}\n")
+    code, _, err = _run(capsys, "validate", str(f))
+    assert code == 2 and "hellaswag" in err and "not available offline" in err
