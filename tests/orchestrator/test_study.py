@@ -22,7 +22,7 @@ from orchestrator.study import (
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "studies"
-SHIPPED = sorted((ROOT / "studies").rglob("*.yaml"))
+SHIPPED = sorted(p for p in (ROOT / "studies").rglob("*.yaml") if not p.name.startswith("_"))
 
 TEACHER = "teachers:\n  t1: {size: d128l4, tokens: 2e6}\n"
 
