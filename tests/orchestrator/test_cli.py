@@ -45,7 +45,7 @@ def test_include_cycle_and_missing_file(capsys, tmp_path):
     assert code == 2 and "nope.yaml" in err
 
 
-def test_validate_and_plan_a_folder(capsys):
+def test_validate_and_plan_print_the_units(capsys):
     root = Path(__file__).resolve().parents[2] / "studies"
     assert main(["validate", str(root / "quickstart.yaml")]) == 0
     assert main(["plan", str(root / "quickstart.yaml")]) == 0
