@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -154,11 +155,44 @@ def _loss_curves(results: Results) -> pd.DataFrame:
     return df.rename(columns={"value": "loss", "trial_id": "label"})[["label", "tokens", "loss", "is_lm", "student"]]
 
 
-def figures_command(db_url: str, study: str, out_dir: str | Path, *, kept_stats: pd.DataFrame | None = None,
-                    reference: bool = False) -> list[Path]:
+_KEPT = re.compile(r"^kept_per_token\[p=([0-9.]+),k=(\d+)\]$")
+
+
+def kept_stats_from_db(results: Results) -> pd.DataFrame | None:
+    """Kept logits per token (columns p, k, mean_kept) measured from the study's logits stores
+    (the logits runs record them as metrics), plus the exact top-1.0-k line (k entries)."""
+    m = results.metrics
+    if m is None or m.empty:
+        return None
+    rows = []
+    for name, value in zip(m["name"], m["value"]):
+        hit = _KEPT.match(str(name))
+        if hit and value is not None:
+            rows.append({"p": float(hit.group(1)), "k": int(hit.group(2)), "mean_kept": float(value)})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows).groupby(["p", "k"], as_index=False)["mean_kept"].mean()
+    ks = sorted(frame["k"].unique())
+    plain_top_k = pd.DataFrame({"p": 1.0, "k": ks, "mean_kept": [float(k) for k in ks]})
+    return pd.concat([frame, plain_top_k[~plain_top_k["k"].isin(frame[frame["p"] == 1.0]["k"])]],
+                     ignore_index=True)
+
+
+def default_output(study: str, name: str) -> Path:
+    """artifacts/reports/<study>/<name> under $PDSPACE_HOME (default ./artifacts)."""
+    import os
+
+    return Path(os.environ.get("PDSPACE_HOME") or "artifacts") / "reports" / study / name
+
+
+def figures_command(db_url: str, study: str, out_dir: str | Path | None, *,
+                    kept_stats: pd.DataFrame | None = None, reference: bool = False) -> list[Path]:
     """Write the study's figures (PNG and PDF) into out_dir; returns the files written.
     Figures the results cannot support are skipped; ValueError when none can be drawn."""
     results = load_results(db_url, study)
+    out_dir = out_dir or default_output(study, "figures")
+    if kept_stats is None:
+        kept_stats = kept_stats_from_db(results)
     figs, skipped = make_figures(results, None, kept_stats=kept_stats, reference=reference)
     if not figs:
         raise ValueError(f"study {study!r} has nothing to draw yet: "
@@ -171,12 +205,15 @@ def figures_command(db_url: str, study: str, out_dir: str | Path, *, kept_stats:
     return paths
 
 
-def report_command(db_url: str, study: str, out: str | Path, *, kept_stats: pd.DataFrame | None = None) -> Path:
+def report_command(db_url: str, study: str, out: str | Path | None, *,
+                   kept_stats: pd.DataFrame | None = None) -> Path:
     """Write the study's self-contained HTML report to `out` (a file, or a folder to put
-    <study>.html in); returns its path."""
+    <study>.html in; default artifacts/reports/<study>/); returns its path."""
     from analysis.report import write_report
 
-    out = Path(out)
+    out = Path(out or default_output(study, ""))
+    if kept_stats is None:
+        kept_stats = kept_stats_from_db(load_results(db_url, study))
     if out.is_dir() or not out.suffix:
         out = out / f"{study}.html"
     return write_report(db_url, study, out, kept_stats=kept_stats)

@@ -481,7 +481,7 @@ def plot_score_vs_tokens(data: pd.DataFrame, *, reference: pd.DataFrame | None =
     """Solid PD and dashed LM-only lines per student size, from figure5_data-shaped frames."""
     if data.empty:
         raise ValueError("figure 5 needs LM-only and PD runs evaluated on benchmarks at several steps "
-                         "(set eval.final_only: false); none found")
+                         "(set eval.tasks_every_tokens); none found")
     from matplotlib.lines import Line2D
 
     fig = _figure()

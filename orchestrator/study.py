@@ -441,7 +441,11 @@ class EvalConfig(_Section):
     limit: PosInt | None = None
     """Examples per lm-eval task; None: all."""
     final_only: Bool = True
-    """Run the lm-eval tasks on the final checkpoint only (held-out loss is always periodic)."""
+    """Run the lm-eval tasks on the final checkpoint only (held-out loss is always periodic),
+    unless tasks_every_tokens is set."""
+    tasks_every_tokens: PosInt | None = None
+    """Also run the lm-eval tasks every this many training tokens (at held-out evaluation points
+    that are multiples of it); None: as final_only says."""
     task_examples: PosInt = 200
     """Examples built per built-in task."""
     task_seed: NonNegInt = 0

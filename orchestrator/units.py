@@ -64,11 +64,19 @@ def _evaluator(cfg: dict[str, Any], data: Any, artifacts: str, device: str, *,
         builtin = build_builtin_tasks(data, Path(artifacts) / "tasks", seed=ev["task_seed"],
                                       num_examples=ev["task_examples"])
 
+    state = {"bucket": 0}
+
     def evaluate(model: torch.nn.Module, step: int, tokens: int):
         metrics = heldout_metrics(model, data, teacher=val_teacher, max_sequences=ev["heldout_sequences"],
                                   batch_size=ev["batch_size"], device=device)
         records: list[dict[str, Any]] = []
-        if tasks and (tokens >= total_tokens or not ev["final_only"]):
+        every = ev.get("tasks_every_tokens")
+        if every:  # due when a multiple of `every` was crossed since the last evaluation point
+            due = tokens // every > state["bucket"]
+            state["bucket"] = tokens // every
+        else:
+            due = tokens > 0 and not ev["final_only"]
+        if tasks and (due or tokens >= total_tokens):
             from core.lmeval import run_lm_eval
 
             records = run_lm_eval(model, data.tokenizer, tasks, builtin.include_path, device=device,
@@ -145,6 +153,34 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
         num_sequences=num_sequences,
     )
     rec.artifact("logits_store", path)
+    record_kept_stats(path, rec, num_tokens=num_sequences * data.seq_len)
+
+
+# The paper's truncation grids (PAPER.md); kept-logit statistics are recorded for every point a
+# store can derive, so Figures 2-3's right-hand axes come from the database.
+PAPER_TOP_P = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
+PAPER_TOP_K = (1, 3, 5, 10, 20, 50, 100)
+
+
+def kept_metric_name(top_p: float, top_k: int) -> str:
+    return f"kept_per_token[p={top_p:g},k={top_k}]"
+
+
+def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) -> None:
+    """Mean kept entries and bytes per token of each derivable (p, k), as metrics of the logits run."""
+    from core.logits import LogitsStore, kept_stats
+
+    store = LogitsStore.open(store_path)
+    points = {(p, store.k_max) for p in PAPER_TOP_P if p <= store.p_max}
+    points |= {(store.p_max, k) for k in PAPER_TOP_K if k <= store.k_max}
+    row: dict[str, Any] = {"step": 0, "tokens": num_tokens}
+    for p, k in sorted(points):
+        st = kept_stats(store, p, k)
+        row[kept_metric_name(p, k)] = st["mean_kept_per_token"]
+        row[f"bytes_per_token[p={p:g},k={k}]"] = st["bytes_per_token"]
+    storage = store.storage()
+    row["store_bytes"] = storage["bytes"]
+    rec.metrics(row)
 
 
 def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
