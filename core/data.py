@@ -41,7 +41,7 @@ from core.utils import artifacts_root, atomic_write_text, file_sha256, stable_ha
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: documents packed in a hash-shuffled order
 BUILTIN_SOURCES = ("builtin:python-stdlib",)
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN,)
@@ -509,36 +509,71 @@ def _stream_dtype(vocab_size: int) -> np.dtype:
 # Building an artifact
 
 
+PACK_BUCKETS = 256
+
+
+def pack_bucket(key: str) -> int:
+    """The shuffle bucket of a document (independent of its train/val split hash)."""
+    return min(int(hash_fraction("pack:" + key) * PACK_BUCKETS), PACK_BUCKETS - 1)
+
+
 class _StreamWriter:
-    """Appends encoded documents (+ eos) of one split to a flat binary file, up to a token cap."""
+    """Writes encoded documents (+ eos) of one split to a flat binary file, up to a token cap.
+
+    Documents are packed in a shuffled order, not corpus order: each goes to one of
+    PACK_BUCKETS temporary files chosen by a hash of its key, and the buckets are concatenated
+    at close. Any contiguous range of sequences (what a student or a logits store uses) is then
+    a sample of documents from the whole corpus rather than, say, its alphabetically first
+    files, with bounded memory and a deterministic order.
+    """
 
     def __init__(self, path: Path, dtype: np.dtype, eos_id: int, max_tokens: int | None):
-        self.f = open(path, "wb")
+        self.path = path
         self.dtype, self.eos_id, self.max_tokens = dtype, eos_id, max_tokens
+        self.buckets = [path.with_name(f".{path.name}.bucket{b:03d}") for b in range(PACK_BUCKETS)]
+        self.files: dict[int, Any] = {}
+        self.docs: list[list[tuple[int, int]]] = [[] for _ in range(PACK_BUCKETS)]  # (tokens, chars)
         self.num_tokens = self.num_documents = self.num_chars = 0
+        self.truncated = False
 
     @property
     def full(self) -> bool:
-        return self.max_tokens is not None and self.num_tokens >= self.max_tokens
+        return False  # a document late in the corpus may still pack early: encode them all
 
-    def write(self, ids_per_doc: list[list[int]], texts: list[str]) -> None:
-        for ids, text in zip(ids_per_doc, texts):
-            if self.full:
-                return
+    def write(self, ids_per_doc: list[list[int]], texts: list[str], keys: list[str]) -> None:
+        for ids, text, key in zip(ids_per_doc, texts, keys):
+            b = pack_bucket(key)
+            if b not in self.files:
+                self.files[b] = open(self.buckets[b], "wb")
             arr = np.empty(len(ids) + 1, dtype=self.dtype)
             arr[:-1] = ids
             arr[-1] = self.eos_id
-            if self.max_tokens is not None:
-                arr = arr[: self.max_tokens - self.num_tokens]
-            self.f.write(arr.tobytes())
-            self.num_tokens += len(arr)
-            self.num_documents += 1
-            self.num_chars += len(text)
+            self.files[b].write(arr.tobytes())
+            self.docs[b].append((len(arr), len(text)))
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        for f in self.files.values():
+            f.close()
+        with open(self.path, "wb") as out:
+            for b in range(PACK_BUCKETS):
+                if b not in self.files:
+                    continue
+                arr = np.fromfile(self.buckets[b], dtype=self.dtype)
+                self.buckets[b].unlink()
+                if self.max_tokens is not None and self.num_tokens + len(arr) > self.max_tokens:
+                    arr = arr[: max(0, self.max_tokens - self.num_tokens)]
+                    self.truncated = True
+                out.write(arr.tobytes())
+                used = 0
+                for tokens, chars in self.docs[b]:
+                    if used >= len(arr):
+                        break
+                    used += tokens
+                    self.num_documents += 1
+                    self.num_chars += chars
+                self.num_tokens += len(arr)
+            out.flush()
+            os.fsync(out.fileno())
 
 
 def _build(spec: DataSpec, spec_hash: str, corpus: _Corpus, out: Path) -> dict[str, Any]:
@@ -581,29 +616,32 @@ def _build(spec: DataSpec, spec_hash: str, corpus: _Corpus, out: Path) -> dict[s
         "val": _StreamWriter(out / "val.bin", dtype, eos_id, None),
     }
     pending: dict[str, list[str]] = {"train": [], "val": []}
+    pending_keys: dict[str, list[str]] = {"train": [], "val": []}
     pending_chars = {"train": 0, "val": 0}
 
     def flush(split: str) -> None:
         texts = pending[split]
         if texts and not writers[split].full:
-            writers[split].write([e.ids for e in encode(texts, add_special_tokens=False)], texts)
-        pending[split], pending_chars[split] = [], 0
+            writers[split].write([e.ids for e in encode(texts, add_special_tokens=False)], texts,
+                                 pending_keys[split])
+        pending[split], pending_keys[split], pending_chars[split] = [], [], 0
 
-    with open(out / "val_docs.jsonl", "w", encoding="utf-8") as val_docs:
-        for doc, v in zip(corpus.documents(), is_val):
-            split = "val" if v else "train"
-            if writers[split].full:
-                continue
-            if v:
-                val_docs.write(json.dumps({"name": doc.name, "text": doc.text}) + "\n")
-            pending[split].append(doc.text)
-            pending_chars[split] += len(doc.text)
-            if pending_chars[split] >= _ENCODE_BATCH_CHARS:
-                flush(split)
-        for split in SPLITS:
+    val_docs: list[tuple[int, int, str]] = []  # (pack bucket, corpus position, json line)
+    for i, (doc, v) in enumerate(zip(corpus.documents(), is_val)):
+        split = "val" if v else "train"
+        if v:
+            val_docs.append((pack_bucket(doc.key), i, json.dumps({"name": doc.name, "text": doc.text})))
+        pending[split].append(doc.text)
+        pending_keys[split].append(doc.key)
+        pending_chars[split] += len(doc.text)
+        if pending_chars[split] >= _ENCODE_BATCH_CHARS:
             flush(split)
+    for split in SPLITS:
+        flush(split)
     for w in writers.values():
         w.close()
+    with open(out / "val_docs.jsonl", "w", encoding="utf-8") as f:  # in the val stream's order
+        f.writelines(line + "\n" for _, _, line in sorted(val_docs))
     encode_s = time.perf_counter() - t0
 
     splits = {}
@@ -621,7 +659,7 @@ def _build(spec: DataSpec, spec_hash: str, corpus: _Corpus, out: Path) -> dict[s
             "num_documents": w.num_documents,
             "num_chars": w.num_chars,
         }
-    splits["train"]["truncated"] = writers["train"].full and cap is not None
+    splits["train"]["truncated"] = writers["train"].truncated
 
     import tokenizers
     import transformers

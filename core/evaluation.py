@@ -1,7 +1,8 @@
 """Held-out metrics of a model during and after training: loss against the data, agreement with a teacher.
 
-Three numbers, all over the first ``max_sequences`` packed sequences of the validation split (a fixed,
-deterministic set, so evaluation points of one run and runs of one study are comparable):
+Three numbers, all over ``max_sequences`` packed sequences spread evenly over the validation split
+(``evaluation_ids``: a fixed, deterministic set, so evaluation points of one run and runs of one study
+are comparable, and many held-out documents are represented rather than the first few):
 
 - ``val_loss``: mean next-token cross-entropy against the data, in nats per token (the number the
   scaling laws are fitted to).
@@ -17,6 +18,13 @@ import numpy as np
 import torch
 
 from core.types import SparseTeacherBatch, TeacherSignal
+
+
+def evaluation_ids(available: int, num_sequences: int) -> np.ndarray:
+    """``num_sequences`` sequence ids spread evenly over ``available`` (all of them if fewer)."""
+    if num_sequences >= available:
+        return np.arange(available, dtype=np.int64)
+    return np.unique(np.linspace(0, available - 1, num_sequences).round().astype(np.int64))
 
 #: Name of the validation split in ``PackedData.sequences`` / ``num_sequences``.
 VAL_SPLIT = "val"
@@ -61,8 +69,9 @@ def heldout_metrics(
     agree_sum = torch.zeros((), dtype=torch.float64, device=device)
     num_tokens = 0
     try:
+        chosen = evaluation_ids(available, num_sequences)
         for start in range(0, num_sequences, batch_size):
-            ids = np.arange(start, min(start + batch_size, num_sequences), dtype=np.int64)
+            ids = chosen[start : start + batch_size]
             tokens = torch.as_tensor(data.sequences(split, ids), dtype=torch.long, device=device)
             inputs, labels = tokens[:, :-1], tokens[:, 1:]
             logits = model(input_ids=inputs).logits.float()  # (B, T, V)

@@ -340,4 +340,17 @@ def test_builtin_stdlib_subset_split_is_deterministic(tmp_path):
     # A document's split depends on its path only: a larger subset keeps the earlier val files.
     bigger = prepare_data(DataSpec(**{**spec.to_dict(), "max_corpus_bytes": 800_000}), tmp_path / "a")
     bigger_names = [d["name"] for d in bigger.validation_documents()]
-    assert bigger_names[: len(names)] == names
+    assert set(names) <= set(bigger_names)
+
+
+def test_documents_are_packed_in_a_shuffled_order(tmp_path):
+    """A contiguous range of sequences samples the whole corpus, not its first files."""
+    from core.data import PACK_BUCKETS, pack_bucket
+
+    spec = DataSpec(vocab_size=300, seq_len=16, max_corpus_bytes=300_000, val_fraction=0.4)
+    packed = prepare_data(spec, tmp_path)
+    names = [d["name"] for d in packed.validation_documents()]
+    assert len(names) >= 5
+    buckets = [pack_bucket(n) for n in names]
+    assert buckets == sorted(buckets) and 0 <= min(buckets) and max(buckets) < PACK_BUCKETS
+    assert names != sorted(names)  # not alphabetical (corpus) order

@@ -41,8 +41,10 @@ def tiny_model(seed=0):
 
 
 def reference(model, data, n):
-    """(logits (n, T, V), labels (n, T)) of the first n sequences, computed directly."""
-    seqs = torch.as_tensor(data.sequences("val", np.arange(n)))
+    """(logits (n, T, V), labels (n, T)) of the n evaluated sequences, computed directly."""
+    from core.evaluation import evaluation_ids
+
+    seqs = torch.as_tensor(data.sequences("val", evaluation_ids(data.num_sequences("val"), n)))
     with torch.no_grad():
         logits = model(input_ids=seqs[:, :-1]).logits.float()
     return logits, seqs[:, 1:]
@@ -74,11 +76,11 @@ def test_val_loss_is_cross_entropy_whatever_the_batch_size():
         assert out["val_loss"] == pytest.approx(expected, rel=1e-5)
 
 
-def test_evaluates_exactly_the_first_sequences():
+def test_evaluates_sequences_spread_over_the_split():
     model = tiny_model()
     data = RandomData(num_sequences=10)
     heldout_metrics(model, data, max_sequences=4, batch_size=3)
-    assert data.requested == [0, 1, 2, 3]
+    assert data.requested == [0, 3, 6, 9]
     data.requested.clear()
     heldout_metrics(model, data, max_sequences=1000, batch_size=4)  # clamps to what exists
     assert data.requested == list(range(10))
@@ -125,7 +127,9 @@ def test_truncated_teacher_is_renormalised_over_its_kept_entries():
 
     logits, _ = reference(student, data, 5)
     s_logp = torch.log_softmax(logits, -1)
-    seqs = torch.as_tensor(data.sequences("val", np.arange(5)))
+    from core.evaluation import evaluation_ids
+
+    seqs = torch.as_tensor(data.sequences("val", evaluation_ids(data.num_sequences("val"), 5)))
     with torch.no_grad():
         t_logp = torch.log_softmax(teacher_model(input_ids=seqs[:, :-1]).logits.float(), -1)
     top, idx = t_logp.topk(k, -1)
