@@ -140,7 +140,7 @@ def test_truncated_teacher_is_renormalised_over_its_kept_entries():
         (logits.argmax(-1) == idx[..., 0]).float().mean().item())
     # The teacher saw the sequence ids (as example ids too) and the student's inputs.
     ex, seq, inputs = teacher.calls[0]
-    assert ex.tolist() == seq.tolist() == [0, 1]
+    assert ex.tolist() == seq.tolist() == [0, 2]
     assert torch.equal(inputs, seqs[:2, :-1])
 
 
