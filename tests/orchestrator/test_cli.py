@@ -74,8 +74,12 @@ def test_the_cli_verbs_are_pinned():
 
 
 @pytest.mark.slow
-def test_a_standard_task_without_its_dataset_fails_validation(tmp_path, capsys):
+def test_a_standard_task_without_its_dataset_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PDSPACE_HOME", str(tmp_path / "artifacts"))
     f = tmp_path / "hs.yaml"
     f.write_text("base: {student: d32l2}\neval: {tasks: [hellaswag]}\n")
-    code, _, err = _run(capsys, "validate", str(f))
-    assert code == 2 and "hellaswag" in err and "not available offline" in err
+    code, _, err = _run(capsys, "validate", str(f))  # a valid study, with a warning
+    assert code == 0 and "warning" in err and "hellaswag" in err
+    code, _, err = _run(capsys, "--db", str(tmp_path / "r.db"), "run", str(f))
+    assert code == 2 and "not available offline" in err
+    assert not (tmp_path / "artifacts" / "runs").exists()  # nothing trained
