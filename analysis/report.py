@@ -72,8 +72,8 @@ def _study_fits(results: Results, bootstrap: int) -> dict:
     for law in FIT_TITLES:
         try:
             out[law] = fit_study(results, law, bootstrap=bootstrap)
-        except ValueError as e:
-            out[law] = str(e)
+        except (ValueError, ArithmeticError) as e:  # a fit that cannot be made is reported, not fatal
+            out[law] = f"{type(e).__name__}: {e}" if isinstance(e, ArithmeticError) else str(e)
     return out
 
 

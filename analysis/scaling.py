@@ -615,7 +615,9 @@ CHINCHILLA_GRID = {
 
 def _chinchilla_params(t) -> dict[str, float]:
     a, b, e, al, be = (float(v) for v in t)
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": al, "beta": be}
+    with np.errstate(over="ignore"):  # a diverged bootstrap refit gives inf, not an exception
+        E, A, B = (float(np.exp(v)) for v in (e, a, b))
+    return {"E": E, "A": A, "B": B, "alpha": al, "beta": be}
 
 
 @_one_blas_thread
