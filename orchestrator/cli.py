@@ -264,6 +264,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pdspace: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pdspace status | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into sentences
         if args.debug:
             raise
