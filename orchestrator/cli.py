@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pdspace: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `pdspace status | head`: the reader left, nothing is wrong
-        sys.stderr.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
     except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into sentences
         if args.debug:
