@@ -122,7 +122,12 @@ def cmd_results(args: argparse.Namespace) -> int:
         import pandas as pd
 
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-            print(frame.to_string(index=False))
+            print(frame.fillna("").to_string(index=False))
+        from orchestrator.run import lm_eval_hint
+
+        hint = lm_eval_hint(_db(args), args.study, _artifacts())
+        if hint:
+            print("\n" + hint)
     return 0
 
 
@@ -179,7 +184,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     from analysis.commands import import_command
 
     n = import_command(_db(args), args.csv, args.study)
-    print(f"imported {n} rows into study '{args.study}'")
+    print(f"imported {n} runs into study '{args.study}'")
     return 0
 
 

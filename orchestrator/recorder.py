@@ -5,7 +5,6 @@ steps after its last checkpoint neither duplicates nor loses a row.
 """
 from __future__ import annotations
 
-import datetime as dt
 import os
 import platform
 import socket

@@ -192,3 +192,24 @@ def results_frame(db_url: str, study: str):
     from analysis.summary import results_table
 
     return results_table(db_url, study)
+
+
+def lm_eval_hint(db_url: str, study: str, artifacts: Path) -> str | None:
+    """The exact `lm_eval` command line for one of the study's exported students."""
+    from sqlalchemy import text
+
+    from core.lmeval import lm_eval_command
+
+    engine = make_engine(db_url, read_only=True)
+    with engine.connect() as conn:
+        row = conn.execute(text(
+            "SELECT a.path, sr.trial_id FROM artifacts a JOIN runs r ON r.id = a.run_id "
+            "JOIN study_runs sr ON sr.run_id = r.id JOIN studies s ON s.id = sr.study_id "
+            "WHERE s.name = :s AND a.kind = 'export' AND r.kind IN ('student', 'baseline') "
+            "ORDER BY CASE r.kind WHEN 'student' THEN 0 ELSE 1 END, sr.id LIMIT 1"), {"s": study}).first()
+    engine.dispose()
+    tasks = sorted(Path(artifacts).glob("tasks/builtin-*"))
+    if row is None or not tasks:
+        return None
+    cmd = lm_eval_command(row[0], str(tasks[-1].resolve()), ["pdspace_nextline", "pdspace_cloze"])
+    return f"evaluate an exported checkpoint ({row[1]}) with the lm-evaluation-harness CLI:\n  {cmd}"

@@ -107,14 +107,20 @@ def _total_tokens(tcfg: Any, data: Any) -> int:
     return max(1, tcfg.tokens // tokens_per_step) * tokens_per_step
 
 
-def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+def _fresh_model(unit: dict[str, Any], artifacts: str, size: str):
+    """(config, data, a freshly initialised model of `size`) for a training unit."""
     from core.models import build_model
-    from core.trainer import train
 
     cfg = unit["config"]
     data = _data(unit, artifacts)
-    model = build_model(cfg["size"], data.vocab_size, data.seq_len, seed=cfg["seed"],
-                        eos_token_id=data.eos_token_id)
+    model = build_model(size, data.vocab_size, data.seq_len, seed=cfg["seed"], eos_token_id=data.eos_token_id)
+    return cfg, data, model
+
+
+def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
+    from core.trainer import train
+
+    cfg, data, model = _fresh_model(unit, artifacts, unit["config"]["size"])
     tcfg = _train_config(cfg, device)
     capture = None
     if cfg["online"]["capture"]:
@@ -184,13 +190,9 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
 
 
 def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
-    from core.models import build_model
     from core.trainer import train
 
-    cfg = unit["config"]
-    data = _data(unit, artifacts)
-    model = build_model(cfg["student"], data.vocab_size, data.seq_len, seed=cfg["seed"],
-                        eos_token_id=data.eos_token_id)
+    cfg, data, model = _fresh_model(unit, artifacts, unit["config"]["student"])
     tcfg = _train_config(cfg, device)
     teacher = val_teacher = None
     examples = student_examples(data, cfg["tokens"])
