@@ -37,11 +37,11 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import torch
 
-from core.utils import artifacts_root, atomic_write_text, file_sha256, stable_hash
+from core.utils import DATA_FORMAT_VERSION, artifacts_root, atomic_write_text, file_sha256, stable_hash
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: documents packed in a hash-shuffled order
+FORMAT_VERSION = DATA_FORMAT_VERSION  # 2: documents packed in a hash-shuffled order
 BUILTIN_SOURCES = ("builtin:python-stdlib",)
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN,)

@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+DATA_FORMAT_VERSION = 2
+"""Version of core.data's packed format (2: documents packed in a hash-shuffled order). Part of
+every unit's identity, so units built on an older format are never reused."""
+
 
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the input of every content hash."""

@@ -217,10 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="results database: SQLAlchemy URL or SQLite path")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    # The same options after the verb (`pdspace status --db x.db`); unset ones keep the above.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", default=argparse.SUPPRESS, help="results database: SQLAlchemy URL or SQLite path")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     def verb(name: str, func: Any, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES,
+        p = sub.add_parser(name, help=help_, description=help_, epilog=EXAMPLES, parents=[common],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=func)
         return p

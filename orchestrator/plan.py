@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.utils import stable_hash
+from core.utils import DATA_FORMAT_VERSION, stable_hash
 
 # Throughput assumptions for estimates (stated in `pdspace plan`'s output).
 CPU_FLOPS_PER_S = 4.0e10  # one trial on one CPU core, fp32, measured range 3-6e10 (CPU_SCALE.md)
@@ -84,8 +84,8 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
     data_spec = study.data_spec()
     vocab = data_spec.get("vocab_size") or 4096
     seq_len = data_spec["seq_len"]
-    data_unit = Unit(kind="data", trial_id="data", config={"kind": "data", "data": data_spec},
-                     config_hash=stable_hash({"kind": "data", "data": data_spec}),
+    data_cfg = {"kind": "data", "data": data_spec, "data_format": DATA_FORMAT_VERSION}
+    data_unit = Unit(kind="data", trial_id="data", config=data_cfg, config_hash=stable_hash(data_cfg),
                      resources={"cpus": 1, "gpus": 0, "workers": 1})
     units: list[Unit] = [data_unit]
     trials = study.trials()

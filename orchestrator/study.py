@@ -37,7 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from core.utils import stable_hash
+from core.utils import DATA_FORMAT_VERSION, stable_hash
 from orchestrator.errors import StudyError
 
 __all__ = [
@@ -553,6 +553,7 @@ class Study(_Section):
             "teacher_hash": t.config_hash,
             "pretrained": t.config.get("pretrained"),
             "data": self.data_spec(),
+            "data_format": DATA_FORMAT_VERSION,
             "top_p_max": self.logits.top_p_max,
             "top_k_max": self.logits.top_k_max,
             "gammas": sorted(set(self.logits.gammas)),
@@ -1353,6 +1354,7 @@ def _training_dict(cfg: RunConfig | TeacherConfig, study: Study) -> dict:
     every = study.eval.every_tokens or max(cfg.tokens // 10, 1)
     return {
         "data": study.data_spec(),
+        "data_format": DATA_FORMAT_VERSION,
         "seed": cfg.seed,
         "tokens": cfg.tokens,
         "batch_size": cfg.batch_size,

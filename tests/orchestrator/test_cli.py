@@ -83,3 +83,8 @@ def test_a_standard_task_without_its_dataset_is_refused_before_training(tmp_path
     code, _, err = _run(capsys, "--db", str(tmp_path / "r.db"), "run", str(f))
     assert code == 2 and "not available offline" in err
     assert not (tmp_path / "artifacts" / "runs").exists()  # nothing trained
+
+
+def test_global_options_also_work_after_the_verb(capsys, tmp_path):
+    code, _, err = _run(capsys, "status", "--db", str(tmp_path / "none.db"))
+    assert code == 2 and "none.db" in err
