@@ -159,6 +159,8 @@ def figure1_data(scores: pd.DataFrame) -> pd.DataFrame:
         if not star.empty:
             continue  # the table names its best config: do not invent one for other sizes
         cond = sub.groupby("condition", sort=False)["average"].mean()
+        if len(cond) < 2:
+            continue  # one PD condition: "best PD" would only repeat the vanilla bar
         best_rows.append(sub[sub["condition"] == cond.idxmax()].assign(series="best PD"))
     if best_rows:
         b = pd.concat(best_rows)

@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +24,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from orchestrator.plan import Unit  # noqa: E402
-from orchestrator.worker import execute_unit  # noqa: E402
+from orchestrator.worker import execute_unit, record_failure  # noqa: E402
 
 TRAINING_KINDS = ("teacher", "student", "baseline")
 
@@ -218,18 +217,16 @@ def execute(units: list[Unit], *, db_url: str, artifacts: Path, address: str | N
     ctx = {"db_url": db_url, "artifacts": str(Path(artifacts).resolve())}
     start_ray(address, Path(artifacts))
     done: dict[str, str | None] = {}
+    names = {u.config_hash: u.trial_id for u in units}
     pending = list(units)
     wave = 0
-    lock = threading.Lock()
     try:
         while pending:
             ready = [u for u in pending if all(d in done for d in u.deps)]
             blocked = [u for u in ready if any(done[d] is not None for d in u.deps)]
             for u in blocked:
                 failed = next(d for d in u.deps if done[d] is not None)
-                done[u.config_hash] = f"a unit it depends on failed ({failed[:10]})"
-                from orchestrator.worker import record_failure
-
+                done[u.config_hash] = f"not run: {names.get(failed, failed[:10])}, which it needs, failed"
                 record_failure(db_url, u.config_hash, done[u.config_hash])
             ready = [u for u in ready if u not in blocked]
             pending = [u for u in pending if u.config_hash not in done and u not in ready]
@@ -242,9 +239,8 @@ def execute(units: list[Unit], *, db_url: str, artifacts: Path, address: str | N
             wave += 1
             if on_wave:
                 on_wave(wave, ready)
-            result = run_wave(ready, ctx, max_concurrent=max_concurrent, max_retries=max_retries, name=f"wave{wave}")
-            with lock:
-                done.update(result)
+            done.update(run_wave(ready, ctx, max_concurrent=max_concurrent, max_retries=max_retries,
+                                 name=f"wave{wave}"))
     finally:
         stop_ray()
     return done
