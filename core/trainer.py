@@ -8,7 +8,6 @@ through a ``report(kind, payload)`` callback; the trainer writes no log format o
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import random
@@ -395,10 +394,3 @@ def train(
         steps=step, tokens=step * tokens_per_step, wall_s=time.time() - t_start,
         final_metrics=final_metrics, export_dir=export_dir, resumed_from_step=resumed_from,
     )
-
-
-def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-able data (KDConfig included)."""
-    out = dataclasses.asdict(cfg)
-    out["betas"] = list(cfg.betas)
-    return out

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from orchestrator.db import Metric, Run, session_scope
 from orchestrator.recorder import engine_for
@@ -73,8 +73,3 @@ class LiveView:
                 continue
             sys.stdout.write("\r" + text.ljust(width))
             sys.stdout.flush()
-
-
-def count_metrics(db_url: str) -> int:
-    with session_scope(engine_for(db_url)) as s:
-        return int(s.execute(select(func.count(Metric.id))).scalar_one())

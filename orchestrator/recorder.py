@@ -14,7 +14,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from orchestrator.db import Artifact, Eval, Metric, Run, make_engine, session_scope, utcnow
@@ -136,15 +135,3 @@ class RunRecorder:
         with session_scope(self.engine) as s:
             s.query(Artifact).filter(Artifact.run_id == self.run_id, Artifact.kind == kind).delete()
             s.add(Artifact(run_id=self.run_id, kind=kind, path=str(path), bytes=size, checksum=checksum))
-
-
-def run_status(db_url: str, config_hash: str) -> str | None:
-    with session_scope(engine_for(db_url)) as s:
-        return s.execute(select(Run.status).where(Run.config_hash == config_hash)).scalar_one_or_none()
-
-
-def mark_stale_running(db_url: str) -> int:
-    """Runs left 'running' by a killed process become 'pending' again (they resume)."""
-    with session_scope(engine_for(db_url)) as s:
-        res = s.execute(update(Run).where(Run.status == "running").values(status="pending"))
-        return res.rowcount or 0
