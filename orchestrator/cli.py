@@ -25,6 +25,7 @@ EXAMPLES = textwrap.dedent(
       pdspace fit quickstart --law power
       pdspace figures quickstart --out figures/
       pdspace report quickstart                      one HTML file: tables, fits, figures
+      pdspace report studies/mini/                   the paper's findings checked over a suite
       pdspace import ../shared/reference/peng2025_results.csv --study paper
 
     database: --db URL or PATH, else $PDSPACE_DB, else ./pdspace.db
@@ -91,10 +92,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for study in studies:
         check_study_tasks(study)
     for study in studies:
+        # a log file gets the plain progress lines; a terminal also gets the live view
         code = run_study(study, db_url=db_url, artifacts=_artifacts(), address=args.address,
-                         max_concurrent=args.max_concurrent, quiet=args.quiet or not sys.stdout.isatty(),
+                         max_concurrent=args.max_concurrent, quiet=args.quiet,
                          live=not args.quiet and sys.stdout.isatty())
         status = max(status, code)
+    if len(studies) > 1 and not args.quiet:
+        print(f"{len(studies)} studies done; `pdspace report {args.study}` checks the paper's findings over them")
     return status
 
 
@@ -176,7 +180,26 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.commands import report_command
 
-    print(report_command(_db(args, must_exist=True), args.study, args.out))
+    db_url = _db(args, must_exist=True)
+    target = Path(args.study)
+    if target.exists() and (target.is_dir() or target.suffix in (".yaml", ".yml")):
+        from orchestrator.study import load_study
+
+        names = [load_study(f).name for f in _study_files(args.study)]
+        if not target.is_dir():
+            print(report_command(db_url, names[0], args.out))
+            return 0
+        from analysis.commands import default_output
+        from analysis.suite import findings_text, write_suite_report
+
+        title = target.resolve().name
+        out = Path(args.out or default_output(title, ""))
+        if out.is_dir() or not out.suffix:
+            out = out / f"{title}.html"
+        print(write_suite_report(db_url, names, out, title=f"{title} ({args.study})"))
+        print(findings_text(db_url, names))
+        return 0
+    print(report_command(db_url, args.study, args.out))
     return 0
 
 
@@ -256,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--out", default=None, help="output folder (default: artifacts/reports/STUDY/figures)")
     p = verb("report", cmd_report, "one self-contained HTML report: tables, fits, figures")
-    p.add_argument("study")
-    p.add_argument("--out", default=None, help="output file (default: artifacts/reports/STUDY/report.html)")
+    p.add_argument("study", help="a study name, a study file, or a folder of studies (one suite report: "
+                                 "the paper's findings checked, Figures 1-5, the distillation-law fit)")
+    p.add_argument("--out", default=None, help="output file (default: artifacts/reports/STUDY/STUDY.html)")
     p = verb("import", cmd_import, "import external results in the reference CSV's format")
     p.add_argument("csv")
     p.add_argument("--study", required=True)

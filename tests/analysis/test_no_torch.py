@@ -10,7 +10,7 @@ def test_analysis_imports_neither_torch_nor_ray():
     code = (
         "import sys\n"
         "import analysis.results, analysis.tables, analysis.scaling, analysis.figures, analysis.fits\n"
-        "import analysis.external, analysis.report, analysis.commands\n"
+        "import analysis.external, analysis.report, analysis.commands, analysis.findings, analysis.suite\n"
         "bad = [m for m in ('torch', 'ray', 'transformers') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -1,0 +1,314 @@
+"""One report over a suite of studies (`pdspace report studies/mini/`): the paper's findings checked
+one by one, Figures 1-5 drawn from the studies that hold their data (each with the paper's numbers
+overlaid), the distillation-law fit, and per study our tables next to the paper's table.
+
+Studies are recognised by their name without the "mini_"/"paper_" prefix (analysis.findings.study_key).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+from pathlib import Path
+from typing import Mapping
+
+import pandas as pd
+
+from analysis.findings import (NOT_REPRODUCED, REPRODUCED, WITHIN_NOISE, check_findings, findings_frame,
+                               gains_over_training, pd_pairs, study_key)
+from analysis.results import Results, load_results
+
+__all__ = ["render_suite_report", "write_suite_report", "PAPER_TABLES"]
+
+# study key -> (paper table, filter on the paper's rows)
+PAPER_TABLES: dict[str, tuple[str, dict]] = {
+    "preliminary": ("1", {}),
+    "top_p": ("8", {"top_k": 100.0}),
+    "top_k": ("8", {"top_p": 0.95}),
+    "temperature": ("9", {}),
+    "adaptive_temperature": ("3", {}),
+    "kd_loss": ("5", {"label": ("LLM-NLL", "LLM-KLD", "LLM-MSE")}),
+    "alpha": ("10", {}),
+    "schedules": ("5", {"exclude_label": ("LLM-NLL", "LLM-MSE")}),
+    "student_size": ("11", {"teacher": ("GLM-4-9B", "none")}),
+    "teacher_size": ("11", {}),
+    "long_training": ("12", {}),
+    "online_offline": ("6", {}),
+    "pd_star": ("13", {}),
+}
+
+# which study draws which figure (first one present wins; several listed are combined)
+FIGURE_SOURCES = {
+    "fig1": ("student_size", "pd_star"),
+    "fig2": ("top_p",),
+    "fig3": ("top_k",),
+    "fig4": ("student_size", "teacher_size"),
+    "fig5": ("long_training",),
+}
+
+VERDICT_CLASS = {REPRODUCED: "up", NOT_REPRODUCED: "down", WITHIN_NOISE: "noise"}
+
+
+def _paper_rows(key: str) -> pd.DataFrame | None:
+    """The paper's table for a study (run_scores rows of the shipped reference), with the baseline
+    rows its Δ needs."""
+    from analysis.figures import reference_scores
+
+    if key not in PAPER_TABLES:
+        return None
+    table, flt = PAPER_TABLES[key]
+    s = reference_scores()
+    rows = s[s["trial_id"].str.startswith(f"{table}/")]
+    for col, want in flt.items():
+        if col == "label":
+            rows = rows[rows["trial_id"].str.split("/").str[1].isin(want) | rows["is_lm"]]
+        elif col == "exclude_label":
+            rows = rows[~rows["trial_id"].str.split("/").str[1].isin(want)]
+        elif isinstance(want, tuple):
+            rows = rows[rows[col].isin(want)]
+        else:
+            rows = rows[((rows[col].astype(float) - want).abs() < 1e-9) | rows["is_lm"]]
+    if rows.empty:
+        return None
+    base = s[s["config_hash"].isin(rows["baseline_hash"].dropna()) & ~s["config_hash"].isin(rows["config_hash"])]
+    out = pd.concat([base, rows], ignore_index=True)
+    out.attrs.update(s.attrs)
+    return out
+
+
+def _scores(results: list[Results], *, star_from: Results | None = None) -> pd.DataFrame:
+    """run_scores of several studies as one frame (a run shared by studies counted once). Rows of
+    `star_from` keep only its PD* runs (WSD-α with a WSD LR), marked as such."""
+    from analysis.tables import run_scores
+
+    frames = []
+    for r in results:
+        s = run_scores(r)
+        if s.empty:
+            continue
+        if star_from is not None and r is star_from:
+            s = _mark_star(r, s)
+        frames.append(s)
+    if not frames:
+        return pd.DataFrame()
+    out = pd.concat(frames, ignore_index=True)
+    out = out.drop_duplicates(["config_hash", "step"])
+    out.attrs["tasks"] = frames[0].attrs.get("tasks", [])
+    return out
+
+
+def _mark_star(results: Results, scores: pd.DataFrame) -> pd.DataFrame:
+    runs = results.runs.drop_duplicates("config_hash").set_index("config_hash")
+    kind = runs.get("alpha_schedule.kind", pd.Series(dtype=object))
+    lr = runs.get("lr_schedule.kind", pd.Series(dtype=object))
+    star = set(runs.index[(kind == "wsd_alpha") & (lr == "wsd")])
+    s = scores[scores["config_hash"].isin(star)].copy()
+    s["method"], s["is_vanilla"] = "PD*", False
+    return s
+
+
+def _fig(name: str, make, figs: dict, skipped: dict) -> None:
+    try:
+        figs[name] = make()
+    except (ValueError, KeyError) as e:
+        skipped[name] = str(e)
+
+
+def _loss_truncation(pairs: pd.DataFrame, vary: str, fixed: str, value: float) -> pd.DataFrame:
+    p = pairs[(pairs[fixed].astype(float) - value).abs() < 1e-9]
+    g = p.groupby(p[vary].astype(float))["gain_pct"]
+    out = g.agg(["mean", "std", "count"]).reset_index()
+    out = out.rename(columns={"mean": "delta_pct", "std": "delta_pct_std", "count": "n"})
+    out[fixed] = value
+    return out[[vary, fixed, "delta_pct", "delta_pct_std", "n"]]
+
+
+def _loss_sizes(pairs: pd.DataFrame) -> pd.DataFrame:
+    van = pairs[(pairs["alpha_kind"] == "constant") & (pairs["lr_kind"] == "cosine")]
+    out = van.groupby(["student", "teacher"], sort=False).agg(
+        num_params=("num_params", "first"), delta_pct=("gain_pct", "mean"), delta_pct_std=("gain_pct", "std"),
+        n=("gain_pct", "count")).reset_index()
+    return out.sort_values(["teacher", "num_params"])[["student", "num_params", "teacher", "delta_pct",
+                                                       "delta_pct_std", "n"]].reset_index(drop=True)
+
+
+def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
+    """{name: Figure} and {name: why not drawn} for the paper's Figures 1-5 over the suite: each on
+    benchmark scores with the paper's numbers overlaid, and Figures 2-4 again on the held-out loss gain."""
+    from analysis import figures as F
+    from analysis.commands import _loss_curves, kept_stats_from_db
+
+    figs, skipped = {}, {}
+
+    def have(keys):
+        return [R[k] for k in keys if k in R]
+
+    def need(name, keys):
+        got = have(keys)
+        if not got:
+            skipped[name] = "the suite has no " + " or ".join(keys) + " study"
+        return got
+
+    if got := need("fig1_scores_by_size", FIGURE_SOURCES["fig1"]):
+        star = R.get("pd_star")
+        _fig("fig1_scores_by_size", lambda: F.figure1(_scores(got, star_from=star), reference=True), figs, skipped)
+    for name, key, vary, fixed, value, figure in (
+            ("fig2_delta_vs_top_p", "fig2", "top_p", "top_k", 100.0, F.figure2),
+            ("fig3_delta_vs_top_k", "fig3", "top_k", "top_p", 0.95, F.figure3)):
+        if got := need(name, FIGURE_SOURCES[key]):
+            kept = kept_stats_from_db(got[0])
+            _fig(name, lambda: figure(_scores(got), kept=kept, reference=True), figs, skipped)
+            pairs = pd_pairs(got[0])
+            ref = F.figure2_data(F.reference_scores(), k=value) if vary == "top_p" else \
+                F.figure3_data(F.reference_scores(), p=value)
+            _fig(name + "_loss", lambda: F.plot_delta_vs_truncation(
+                _loss_truncation(pairs, vary, fixed, value), vary, kept=kept, reference=ref,
+                title=f"Held-out loss gain (%) vs {vary.replace('_', '-')}; paper: benchmark Δ%"), figs, skipped)
+    if got := need("fig4_delta_vs_size", FIGURE_SOURCES["fig4"]):
+        _fig("fig4_delta_vs_size", lambda: F.figure4(_scores(got), reference=True), figs, skipped)
+        pairs = pd.concat([pd_pairs(r) for r in got], ignore_index=True).drop_duplicates(["trial_id", "pd"])
+        _fig("fig4_delta_vs_size_loss", lambda: F.plot_delta_vs_size(
+            _loss_sizes(pairs), title="Held-out loss gain (%) vs student size"), figs, skipped)
+    if got := need("fig5_score_vs_tokens", FIGURE_SOURCES["fig5"]):
+        _fig("fig5_score_vs_tokens", lambda: F.figure5(_scores(got), reference=True), figs, skipped)
+        curves = _loss_curves(got[0])
+        if not curves.empty:
+            figs["fig5_loss_vs_tokens"] = F.plot_loss_curves(curves, title="Held-out loss over training "
+                                                                           "(long run): LM-only dashed, PD solid")
+    return figs, skipped
+
+
+def _table_html(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for _, r in frame.iterrows():
+        cells = []
+        for c, v in r.items():
+            cls = f" class='{VERDICT_CLASS.get(v, '')}'" if c == "verdict" else ""
+            cells.append(f"<td{cls} style='white-space:normal;text-align:left'>{html.escape(str(v))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="pd-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+def _study_section(key: str, results: Results) -> str:
+    from analysis.report import _summary
+    from analysis.tables import delta_table, loss_delta_table, to_html
+
+    parts = [f"<h3 id='{html.escape(results.study)}'>{html.escape(results.study)}</h3>",
+             f"<p class='note'>{html.escape(str(results.spec.get('description', '')))}</p>", _summary(results)]
+    try:
+        parts.append("<p>Held-out loss (ours):</p>" + to_html(loss_delta_table(results), digits=3))
+    except ValueError as e:
+        parts.append(f"<p class='note'>{html.escape(str(e))}.</p>")
+    try:
+        parts.append("<p>Benchmarks (ours; builtin tasks at CPU scale):</p>" + to_html(delta_table(results)))
+    except ValueError as e:
+        parts.append(f"<p class='note'>{html.escape(str(e))}.</p>")
+    if key == "long_training":
+        curve = gains_over_training(results)
+        if not curve.empty:
+            c = curve.assign(tokens=curve["tokens"].map(lambda t: f"{t / 1e6:g}M"))
+            parts.append("<p>Held-out loss gain over training (ours):</p>"
+                         + _table_html(c.round({"lm": 4, "pd": 4, "gain_pct": 2})))
+    paper = _paper_rows(key)
+    if paper is not None:
+        parts.append(f"<p>The paper (Table {PAPER_TABLES[key][0]}):</p>" + to_html(delta_table(paper)))
+    return "".join(parts)
+
+
+def _distillation_fit(results: Results, bootstrap: int) -> str:
+    from analysis.fits import fit_study
+    from analysis.report import _fits_html
+
+    try:
+        fits = fit_study(results, "distillation", bootstrap=bootstrap)
+    except (ValueError, ArithmeticError) as e:
+        return f"<p class='note'>Not fitted: {html.escape(str(e))}</p>"
+    return _fits_html({"distillation": fits}, bootstrap)
+
+
+def render_suite_report(results: Mapping[str, Results], *, title: str = "suite", bootstrap: int = 200) -> str:
+    """The suite report's HTML text (see the module docstring)."""
+    from analysis.report import CSS, _png_b64
+
+    R = {study_key(name): r for name, r in results.items()}
+    findings, noise = check_findings(results)
+    frame = findings_frame(findings)
+    counts = frame["verdict"].value_counts()
+    secs = [f"<h1>pdspace report: {html.escape(title)}</h1>",
+            f"<p class='note'>Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from "
+            f"{len(results)} studies: " + ", ".join(f"<a href='#{html.escape(n)}'>{html.escape(n)}</a>"
+                                                      for n in results) + ".</p>",
+            "<h2>The paper's findings, checked</h2>",
+            "<p class='note'>Measure: held-out loss gain of each PD run over its matching LM-only baseline "
+            "(same student, data, tokens, LR schedule and seed), 100·(L<sub>LM</sub> − L<sub>PD</sub>)/L<sub>LM</sub>. "
+            "The paper's numbers are benchmark Δ%; at CPU scale our benchmark scores are near chance, so the "
+            "loss is the measure that can tell. 95% intervals: t over seeds where a condition has several; "
+            f"otherwise the pooled seed noise: σ<sub>seed</sub> = {noise.sigma_seed:.2f} pts ({noise.dof_seed} dof) "
+            f"for one gain, σ<sub>ε</sub> = {noise.sigma_eps:.2f} pts ({noise.dof_eps} dof, condition × seed "
+            "residual) for a contrast of two conditions at one seed.</p>",
+            "<p>" + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items()) + "</p>",
+            _table_html(frame.drop(columns=["runs"]).assign(runs=frame["runs"]))]
+    secs.append("<h2>Figures 1–5</h2><p class='note'>Each figure is drawn from our runs; the paper's numbers "
+                "are overlaid (black markers or lines). Figures 2–4 are drawn twice: on benchmark Δ% as "
+                "in the paper, and on the held-out loss gain.</p>")
+    figs, skipped = suite_figures(R)
+    for name, fig in figs.items():
+        secs.append(f'<figure><img alt="{name}" src="data:image/png;base64,{_png_b64(fig)}">'
+                    f"<figcaption>{html.escape(name)}</figcaption></figure>")
+    if skipped:
+        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items())
+        secs.append(f"<p class='note'>Not drawn:</p><ul class='note'>{items}</ul>")
+    secs.append("<h2>Distillation scaling law</h2>")
+    if "distillation_law" in R:
+        secs.append(_distillation_fit(R["distillation_law"], bootstrap))
+    else:
+        secs.append("<p class='note'>The suite has no distillation_law study.</p>")
+    secs.append("<h2>Studies: our tables next to the paper's</h2>")
+    for name, r in results.items():
+        secs.append(_study_section(study_key(name), r))
+    css = CSS + "td.noise{color:#9a6700}"
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>pdspace report: {html.escape(title)}</title><style>{css}</style></head>"
+            f"<body>{''.join(secs)}</body></html>")
+
+
+def write_suite_report(db_url: str, studies: list[str], out_path: str | Path, *, title: str = "suite",
+                       bootstrap: int = 200) -> Path:
+    """Write the suite report over `studies` (names in the database) to out_path; returns the path.
+    Studies that are not in the database yet are left out and named in a note."""
+    from analysis.results import list_studies
+
+    known = set(list_studies(db_url))
+    missing = [s for s in studies if s not in known]
+    if len(missing) == len(studies):
+        raise ValueError(f"none of the {len(studies)} studies is in the database yet (run them first)")
+    results = {s: load_results(db_url, s) for s in studies if s in known}
+    text = render_suite_report(results, title=title, bootstrap=bootstrap)
+    if missing:
+        text = text.replace("<h2>The paper's findings, checked</h2>",
+                            "<p class='note'>Not run yet: " + html.escape(", ".join(missing)) + "</p>"
+                            "<h2>The paper's findings, checked</h2>", 1)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def findings_text(db_url: str, studies: list[str]) -> str:
+    """The findings table as Markdown (for notes and the terminal)."""
+    from analysis.results import list_studies
+
+    known = set(list_studies(db_url))
+    results = {s: load_results(db_url, s) for s in studies if s in known}
+    findings, noise = check_findings(results)
+    frame = findings_frame(findings)
+    lines = [f"noise: sigma_seed {noise.sigma_seed:.2f} pts ({noise.dof_seed} dof), "
+             f"sigma_eps {noise.sigma_eps:.2f} pts ({noise.dof_eps} dof)", "",
+             "| finding | paper | ours (held-out loss gain) | 95% interval | verdict |", "|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['finding']} | {r['paper']} | {r['ours (held-out loss gain)']} | {r['95% interval']} "
+                     f"| {r['verdict']} |")
+    return "\n".join(lines)
+

@@ -1,0 +1,219 @@
+"""analysis.findings and analysis.suite: the noise model and intervals against independent
+computations (least squares, scipy's paired t test), verdicts on planted results, and the suite
+report through the CLI."""
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from analysis.findings import (NOT_REPRODUCED, NOT_RUN, REPRODUCED, WITHIN_NOISE, Noise, _contrast, _gain,
+                               check_findings, estimate_noise, gains_over_training, pd_pairs, study_key)
+from analysis.results import load_results, stable_hash
+from orchestrator.db import Base, Eval, Metric, Run, Study, StudyRun, make_engine, session_scope
+
+ROOT = Path(__file__).resolve().parents[2]
+LM = {0: 5.30, 1: 5.42, 2: 5.34}  # LM-only loss per seed
+
+
+def _cfg(kind, seed, *, student="d64l3", teacher="t1", alpha=0.9, alpha_kind="constant", lr="cosine", loss="kld",
+         top_p=0.95, top_k=100, tau=1.0, adaptive=None, source="offline", window=None, baseline=None,
+         tokens=500_000):
+    lm = kind == "baseline"
+    n = {"d32l2": 4e4, "d64l3": 1.5e5, "d96l3": 3.3e5, "d128l4": 7.9e5}[student]
+    return {"kind": kind, "student": student, "teacher": None if lm else teacher, "seed": seed, "tokens": tokens,
+            "lr_schedule": {"kind": lr}, "alpha_schedule": {"kind": "constant" if lm else alpha_kind,
+                                                            "alpha": 0.0 if lm else alpha},
+            "kd": None if lm else {"kind": loss, "temperature": tau, "adaptive": adaptive,
+                                   "normalization": "renormalize"},
+            "logits": None if lm else {"source": source, "top_p": top_p, "top_k": top_k, "window": window},
+            "baseline_hash": baseline, "num_non_embedding_params": n, "num_params": 3 * n}
+
+
+def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
+    """studies: {name: [(trial_id, student config kwargs incl. seed, gain %)]}; each PD run gets an
+    LM-only baseline (loss LM[seed], or LM[seed]·(1+student offset)) and loss LM·(1 − gain/100)."""
+    url = f"sqlite:///{path}"
+    engine = make_engine(url)
+    Base.metadata.create_all(engine)
+    runs: dict[str, int] = {}
+    with session_scope(engine) as s:
+        def run(cfg, losses, trial, study):
+            h = stable_hash(cfg)
+            if h not in runs:
+                r = Run(config_hash=h, kind=cfg["kind"], config=cfg, status="completed")
+                s.add(r)
+                s.flush()
+                runs[h] = r.id
+                for step, (tokens, v) in enumerate(losses, 1):
+                    s.add(Metric(run_id=r.id, step=step, tokens=tokens, name="val_loss", value=v, wall_time=0.0))
+                    s.add(Eval(run_id=r.id, step=step, tokens=tokens, task="pdspace_nextline", metric="acc",
+                               value=0.3 + 0.01 * (5.5 - v), stderr=0.03))
+            s.add(StudyRun(study_id=study.id, run_id=runs[h], trial_id=trial, factor="x", value="y"))
+            return h
+
+        for name, trials in studies.items():
+            st = Study(name=name, spec={"name": name, "description": f"planted {name}"}, spec_hash=name)
+            s.add(st)
+            s.flush()
+            for trial_id, kw, gain in trials:
+                kw = dict(kw)
+                seed = kw.pop("seed", 0)
+                curve = kw.pop("curve", None)
+                lm_kw = {k: v for k, v in kw.items() if k in ("student", "lr", "tokens")}
+                bcfg = _cfg("baseline", seed, **lm_kw)
+                lm = LM[seed] * (1.05 - 0.05 * ["d32l2", "d64l3", "d96l3", "d128l4"].index(bcfg["student"]))
+                if curve is None:
+                    blosses, plosses = [(500_000, lm)], [(500_000, lm * (1 - gain / 100))]
+                else:  # a long run: (tokens, gain) points
+                    blosses = [(t, lm + 1.0 / (i + 1)) for i, (t, _) in enumerate(curve)]
+                    plosses = [(t, (lm + 1.0 / (i + 1)) * (1 - g / 100)) for i, (t, g) in enumerate(curve)]
+                bh = run(bcfg, blosses, f"baseline:{trial_id}", st)
+                run(_cfg("student", seed, baseline=bh, **kw), plosses, trial_id, st)
+    engine.dispose()
+    return url
+
+
+def test_study_key():
+    assert study_key("mini_top_k") == "top_k"
+    assert study_key("paper_student_size") == "student_size"
+    assert study_key("quickstart") == "quickstart"
+
+
+def _pairs(rows):
+    return pd.DataFrame(rows, columns=["study", "group", "seed", "gain_pct"])
+
+
+def test_noise_matches_least_squares_and_pooled_variance():
+    rng = np.random.default_rng(0)
+    rows = []
+    for g, mu in enumerate([1.0, 2.0, 4.0]):
+        for seed, beta in enumerate([0.0, 0.5, -0.3, 0.2]):
+            rows.append(("s", f"c{g}", seed, mu + beta + rng.normal(0, 0.3)))
+    rows.append(("s", "single", 0, 9.0))  # a one-seed condition adds nothing to either estimate
+    pairs = _pairs(rows)
+    noise = estimate_noise(pairs)
+    multi = pairs[pairs["group"] != "single"]
+    # sigma_seed: pooled within-condition variance
+    ss = sum(((g - g.mean()) ** 2).sum() for _, g in multi.groupby("group")["gain_pct"])
+    assert noise.dof_seed == 9
+    assert noise.sigma_seed == pytest.approx(math.sqrt(ss / 9))
+    # sigma_eps: residual of an additive condition + seed model fitted by least squares
+    X = np.column_stack([np.ones(len(multi))]
+                        + [(multi["group"] == f"c{g}").to_numpy(float) for g in (1, 2)]
+                        + [(multi["seed"] == s).to_numpy(float) for s in (1, 2, 3)])
+    y = multi["gain_pct"].to_numpy(float)
+    resid = y - X @ np.linalg.lstsq(X, y, rcond=None)[0]
+    assert noise.dof_eps == (3 - 1) * (4 - 1)
+    assert noise.sigma_eps == pytest.approx(math.sqrt((resid ** 2).sum() / 6))
+
+
+def test_noise_without_seeds_is_nan():
+    noise = estimate_noise(_pairs([("s", "a", 0, 1.0), ("s", "b", 0, 2.0)]))
+    assert noise.dof_seed == 0 and math.isnan(noise.sigma_seed) and math.isnan(noise.single())
+
+
+def test_contrast_is_scipys_paired_t_interval():
+    a = _pairs([("s", "a", s, v) for s, v in enumerate([3.0, 3.4, 2.9, 3.8])])
+    b = _pairs([("s", "b", s, v) for s, v in enumerate([2.0, 2.9, 2.2, 2.6])])
+    est = _contrast(a, b, Noise(float("nan"), 0, float("nan"), 0))
+    ci = stats.ttest_rel(a["gain_pct"], b["gain_pct"]).confidence_interval(0.95)
+    assert (est.lo, est.hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    one = _gain(a, Noise(0.5, 10, 0.2, 10))
+    ci1 = stats.ttest_1samp(a["gain_pct"], 0).confidence_interval(0.95)
+    assert (one.lo, one.hi) == (pytest.approx(ci1.low), pytest.approx(ci1.high))
+
+
+def test_single_seed_intervals_use_pooled_noise():
+    noise = Noise(0.4, 12, 0.25, 8)
+    g = _gain(_pairs([("s", "a", 0, 1.0)]), noise)
+    assert g.half == pytest.approx(1.959964 * 0.4, rel=1e-5)
+    c = _contrast(_pairs([("s", "a", 0, 1.0)]), _pairs([("s", "b", 0, 0.2)]), noise)
+    assert c.mean == pytest.approx(0.8) and c.half == pytest.approx(1.959964 * math.sqrt(2) * 0.25, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    seeds = (0, 1, 2)
+    jitter = {0: 0.0, 1: 0.3, 2: -0.2}
+    studies = {
+        # vanilla (α = 1) +2 %, α = 0.9 +4 %: reproduced
+        "mini_preliminary": [(f"alpha={a},seed={s}", {"seed": s, "alpha": a}, g + jitter[s])
+                             for a, g in ((1.0, 2.0), (0.9, 4.0)) for s in seeds],
+        # MSE clearly hurts (reproduced); NLL helps, KLD ≥ NLL
+        "mini_kd_loss": [(f"loss={l},seed={s}", {"seed": s, "loss": l}, g + jitter[s])
+                         for l, g in (("nll", 3.0), ("kld", 4.0), ("mse", -5.0)) for s in seeds],
+        # k = 10 is far better than k = 50: not reproduced
+        "mini_top_k": [(f"top_k={k}", {"top_k": k}, g) for k, g in ((1, -3.0), (10, 9.0), (50, 2.0), (100, 2.5))],
+        # the gain grows with size: reproduced
+        "mini_student_size": [(f"student={st},seed={s}", {"seed": s, "student": st}, g + jitter[s])
+                              for st, g in (("d32l2", -1.0), ("d64l3", 2.0), ("d96l3", 3.5), ("d128l4", 5.0))
+                              for s in seeds],
+        # rises, then levels off
+        "mini_long_training": [("student=d64l3", {"tokens": 1_250_000, "curve": [(250_000, 1.0), (500_000, 3.0), (750_000, 4.0),
+                                                           (1_000_000, 4.2), (1_250_000, 4.3)]}, 0.0)],
+    }
+    url = build_db(tmp_path_factory.mktemp("findings") / "f.db", studies)
+    return url, list(studies)
+
+
+def test_verdicts_on_planted_results(planted):
+    url, names = planted
+    findings, noise = check_findings({n: load_results(url, n) for n in names})
+    by = {f.key: f for f in findings}
+    assert noise.dof_seed > 0 and noise.sigma_seed == pytest.approx(np.std([0.0, 0.3, -0.2], ddof=1), abs=1e-6)
+    assert noise.sigma_eps == pytest.approx(0.0, abs=1e-6)  # planted gains are exactly additive
+    assert by["vanilla"].verdict == REPRODUCED and "+2.03%" in by["vanilla"].ours  # 2 + mean jitter
+    assert by["mse"].verdict == REPRODUCED
+    assert by["kld_nll"].verdict == REPRODUCED
+    assert by["top_k_best"].verdict == NOT_REPRODUCED and "best k = 10" in by["top_k_best"].ours
+    assert by["top_k_one"].verdict == NOT_REPRODUCED  # k = 1 hurts here
+    assert by["student_size"].verdict == REPRODUCED
+    assert by["long"].verdict == REPRODUCED
+    assert by["alpha"].verdict == NOT_RUN and "alpha" in by["alpha"].note
+    assert all(f.evidence for f in findings if f.verdict != NOT_RUN)  # every verdict names its runs
+    assert any("mini_kd_loss: loss=mse,seed=1" == e for e in by["mse"].evidence)
+
+
+def test_gains_over_training(planted):
+    url, _ = planted
+    curve = gains_over_training(load_results(url, "mini_long_training"))
+    assert list(curve["tokens"]) == [250_000, 500_000, 750_000, 1_000_000, 1_250_000]
+    assert curve["gain_pct"].to_numpy() == pytest.approx([1.0, 3.0, 4.0, 4.2, 4.3])
+
+
+def test_pd_pairs_pairs_each_run_with_its_baseline(planted):
+    url, _ = planted
+    pairs = pd_pairs(load_results(url, "mini_kd_loss"))
+    assert len(pairs) == 9
+    row = pairs[pairs["trial_id"] == "loss=nll,seed=1"].iloc[0]
+    assert row["lm"] == pytest.approx(LM[1]) and row["gain_pct"] == pytest.approx(3.3)
+    assert row["baseline_trial_id"] == "baseline:loss=nll,seed=1"
+
+
+def test_suite_report_through_the_cli(planted, tmp_path):
+    url, _ = planted
+    out = tmp_path / "suite.html"
+    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "studies/mini/", "--db", url,
+                          "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    text = out.read_text()
+    assert "The paper&#x27;s findings, checked" in text or "The paper's findings, checked" in text
+    assert "Not run yet: " in text and "mini_alpha" in text  # studies of the folder not in the database
+    assert "fig4_delta_vs_size_loss" in text and "fig3_delta_vs_top_k_loss" in text
+    assert "The paper (Table 8)" in text and "The paper (Table 11)" in text
+    assert "| k = 50 is the best k |" in res.stdout and "not reproduced" in res.stdout
+
+
+def test_suite_report_refuses_a_database_without_the_studies(tmp_path):
+    url = build_db(tmp_path / "e.db", {"other": []})
+    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "studies/mini/", "--db", url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "none of the 15 studies is in the database" in res.stderr
+    assert "Traceback" not in res.stderr
