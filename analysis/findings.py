@@ -122,8 +122,12 @@ def pd_pairs(results: Results) -> pd.DataFrame:
         "baseline_trial_id": _col(st, "baseline_hash", None).map(
             lambda h: by_hash["trial_id"].get(h) if isinstance(h, str) and h in by_hash.index else None),
     })
+    out["config_hash"] = st["config_hash"]
     out = out[out["pd"].notna() & out["lm"].notna()].copy()
     out["gain_pct"] = 100.0 * (out["lm"] - out["pd"]) / out["lm"]
+    # a run two trial ids name (a study's "base" and its sweep point with the base's value) counts once,
+    # under the more specific id
+    out = out.drop_duplicates("config_hash", keep="last")
     return out[cols].reset_index(drop=True)
 
 

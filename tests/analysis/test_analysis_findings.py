@@ -144,8 +144,9 @@ def planted(tmp_path_factory):
     jitter = {0: 0.0, 1: 0.3, 2: -0.2}
     studies = {
         # vanilla (α = 1) +2 %, α = 0.9 +4 %: reproduced
-        "mini_preliminary": [(f"alpha={a},seed={s}", {"seed": s, "alpha": a}, g + jitter[s])
-                             for a, g in ((1.0, 2.0), (0.9, 4.0)) for s in seeds],
+        "mini_preliminary": [("base", {"seed": 0, "alpha": 0.9}, 4.0)]  # the same run as alpha=0.9,seed=0
+        + [(f"alpha={a},seed={s}", {"seed": s, "alpha": a}, g + jitter[s]) for a, g in ((1.0, 2.0), (0.9, 4.0))
+           for s in seeds],
         # MSE clearly hurts (reproduced); NLL helps, KLD ≥ NLL
         "mini_kd_loss": [(f"loss={l},seed={s}", {"seed": s, "loss": l}, g + jitter[s])
                          for l, g in (("nll", 3.0), ("kld", 4.0), ("mse", -5.0)) for s in seeds],
@@ -179,6 +180,12 @@ def test_verdicts_on_planted_results(planted):
     assert by["alpha"].verdict == NOT_RUN and "alpha" in by["alpha"].note
     assert all(f.evidence for f in findings if f.verdict != NOT_RUN)  # every verdict names its runs
     assert any("mini_kd_loss: loss=mse,seed=1" == e for e in by["mse"].evidence)
+
+
+def test_a_run_named_twice_counts_once(planted):
+    url, _ = planted
+    pairs = pd_pairs(load_results(url, "mini_preliminary"))
+    assert len(pairs) == 6 and "base" not in set(pairs["trial_id"])
 
 
 def test_gains_over_training(planted):

@@ -1,0 +1,96 @@
+"""Wall time of a suite run, read from the results database, and each study's stand-alone time.
+
+    python bench/suite_timing.py --db /path/suite.db studies/mini/ [--slots 2]
+
+Prints JSON:
+- suite: first unit start to last unit finish over every unit of the suite's studies, and the sum
+  of unit durations (single-slot seconds);
+- per study: its planned units, their summed measured duration, and `standalone_s`: the wall time
+  of a `pdspace run` of that study alone on a fresh database, replayed from the measured unit
+  durations: the plan's dependency stages as `pdspace run` executes them (each unit one stage after
+  its deepest dependency; the data unit alone), in each stage the units longest-first to the first
+  free of `slots` slots, plus `--startup` seconds per stage for Ray and trial start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+from sqlalchemy import text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.db import make_engine, resolve_db_url  # noqa: E402
+
+
+
+def _makespan(durations: list[float], slots: int) -> float:
+    free = [0.0] * slots
+    for d in sorted(durations, reverse=True):
+        t = heapq.heappop(free)
+        heapq.heappush(free, t + d)
+    return max(free) if durations else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--startup", type=float, default=None, help="seconds per stage (default: measured)")
+    args = ap.parse_args()
+    from orchestrator.cli import _study_files
+    from orchestrator.plan import build_plan
+    from orchestrator.study import load_study
+
+    studies = [load_study(f) for f in _study_files(args.folder)]
+    names = [s.name for s in studies]
+    engine = make_engine(resolve_db_url(args.db), read_only=True)
+    with engine.connect() as conn:
+        units = pd.read_sql(text(
+            "SELECT s.name AS study, sr.trial_id, r.config_hash, r.kind, r.status, r.started_at, r.finished_at, "
+            "r.duration_s FROM study_runs sr JOIN studies s ON s.id = sr.study_id JOIN runs r ON r.id = sr.run_id"),
+            conn)
+    engine.dispose()
+    units = units[units["study"].isin(names)]
+    done = units[units["status"] == "completed"].copy()
+    for c in ("started_at", "finished_at"):
+        done[c] = pd.to_datetime(done[c])
+    distinct = done.drop_duplicates("config_hash")
+    wall = (distinct["finished_at"].max() - distinct["started_at"].min()).total_seconds()
+    # start-up per stage: what the suite's wall time holds beyond the replayed stage makespans
+    startup = 15.0 if args.startup is None else args.startup
+    measured = distinct.set_index("config_hash")["duration_s"].astype(float)
+    out = {"studies": len(names), "units_completed": int(len(distinct)),
+           "units_not_completed": int((units.drop_duplicates("config_hash")["status"] != "completed").sum()),
+           "suite_wall_s": round(wall, 1), "suite_wall_min": round(wall / 60, 1),
+           "suite_unit_seconds": round(float(distinct["duration_s"].sum()), 1),
+           "slots": args.slots, "startup_per_stage_s": startup, "per_study": {}}
+    for study in studies:
+        plan = build_plan(study, Path("/nonexistent-artifacts"))
+        depth: dict[str, int] = {}
+        for unit in plan.units:  # the plan lists dependencies before their dependants
+            depth[unit.config_hash] = 1 + max((depth.get(d, 0) for d in unit.deps), default=-1)
+        stages: dict[int, list[float]] = {}
+        missing = 0
+        for unit in plan.units:
+            if unit.config_hash not in measured.index:
+                missing += 1
+                continue
+            stages.setdefault(depth[unit.config_hash], []).append(float(measured[unit.config_hash]))
+        alone = sum(_makespan(d, 1 if s == 0 else args.slots) + startup for s, d in sorted(stages.items()))
+        out["per_study"][study.name] = {
+            "units": len(plan.units), "units_without_a_measurement": missing,
+            "unit_seconds": round(sum(sum(d) for d in stages.values()), 1),
+            "standalone_s": round(alone, 1), "standalone_min": round(alone / 60, 1)}
+    out["max_standalone_min"] = max((v["standalone_min"] for v in out["per_study"].values()), default=0.0)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
