@@ -37,7 +37,7 @@ import pandas as pd
 from analysis.results import Results, final_losses
 from analysis.tables import parse_param_count
 
-__all__ = ["Finding", "Noise", "check_findings", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
+__all__ = ["Finding", "Noise", "check_findings", "factorial_effects", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
            "gains_over_training"]
 
 REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_RUN = "reproduced", "not reproduced", "within noise", "not run"
@@ -657,6 +657,50 @@ FINDINGS: list[tuple[str, str, str, tuple[str, ...], Callable]] = [
     ("pd_star", "PD* (top-0.95-50, τ = 2, WSD-α + WSD-LR) is best on every size", "+9.3 / +8.7 / +10.8%",
      ("pd_star",), _pd_star),
 ]
+
+
+KNOBS = ("top_p", "top_k", "temperature", "adaptive", "loss", "alpha_kind", "alpha", "lr_kind", "student",
+         "teacher", "window")
+
+
+def factorial_effects(pairs: pd.DataFrame, noise: Noise) -> pd.DataFrame:
+    """Main effects and two-way interactions of a two-level factorial grid of PD runs (e.g.
+    mini_interactions: top_k × τ × α schedule), on the gain in % points: an effect is the mean
+    gain at a factor's second level minus at its first; an interaction A×B is half the difference
+    between A's effect at B's second level and at its first. With one run per cell, each effect's
+    95 % half-width is z·σ_eps·sqrt(4/n_runs) (two means of n/2 runs; the seed's share cancels).
+    Columns: effect, levels, estimate, half_width, verdict ("real" when the interval excludes 0)."""
+    cols = ["effect", "levels", "estimate", "half_width", "verdict"]
+    knobs = [k for k in KNOBS if k in pairs and pairs[k].astype(str).nunique() == 2]
+    if len(knobs) < 2:
+        return pd.DataFrame(columns=cols)
+    x = pairs.assign(**{k: pairs[k].astype(str) for k in knobs})
+    levels = {k: sorted(x[k].unique(), key=lambda v: (float(v) if _isnum(v) else 0.0, v)) for k in knobs}
+    sign = {k: np.where(x[k] == levels[k][1], 1.0, -1.0) for k in knobs}
+    g = x["gain_pct"].to_numpy(float)
+    n = len(g)
+    half = Z * noise.sigma_eps * math.sqrt(4.0 / n) if noise.dof_eps else float("nan")
+    rows = []
+
+    def add(name, lv, sgn):
+        est = float(g[sgn > 0].mean() - g[sgn < 0].mean())  # for a product column: the interaction
+        verdict = "within noise" if not np.isfinite(half) or abs(est) <= half else "real"
+        rows.append({"effect": name, "levels": lv, "estimate": est, "half_width": half, "verdict": verdict})
+
+    for k in knobs:
+        add(k, f"{levels[k][0]} → {levels[k][1]}", sign[k])
+    for i, a in enumerate(knobs):
+        for b in knobs[i + 1:]:
+            add(f"{a} × {b}", "", sign[a] * sign[b])
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _isnum(v) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def _teacher_params(results) -> dict[str, float]:

@@ -156,6 +156,11 @@ def planted(tmp_path_factory):
         "mini_student_size": [(f"student={st},seed={s}", {"seed": s, "student": st}, g + jitter[s])
                               for st, g in (("d32l2", -1.0), ("d64l3", 2.0), ("d96l3", 3.5), ("d128l4", 5.0))
                               for s in seeds],
+        # a 2×2×2 grid with a planted k × τ interaction
+        "mini_interactions": [(f"top_k={k},temperature={t},kind={a}", {"top_k": k, "tau": t, "alpha_kind": a,
+                                                                      "lr": "wsd"},
+                               2 + 1.5 * (k == 50) - 1.0 * (t == 2) + 3.0 * (k == 50 and t == 2))
+                              for k in (10, 50) for t in (0.5, 2) for a in ("constant", "wsd_alpha")],
         # rises, then levels off
         "mini_long_training": [("student=d64l3", {"tokens": 1_250_000, "curve": [(250_000, 1.0), (500_000, 3.0), (750_000, 4.0),
                                                            (1_000_000, 4.2), (1_250_000, 4.3)]}, 0.0)],
@@ -216,6 +221,9 @@ def test_suite_report_through_the_cli(planted, tmp_path):
     assert "fig4_delta_vs_size_loss" in text and "fig3_delta_vs_top_k_loss" in text
     assert "The paper (Table 8)" in text and "The paper (Table 11)" in text
     assert "| k = 50 is the best k |" in res.stdout and "not reproduced" in res.stdout
+    assert "Beyond the paper: interactions" in text
+    assert "top_k × temperature" in res.stdout and "+1.50 ± " in res.stdout  # 3.0 / 2
+    assert "best cell: top_k=50,temperature=2" in res.stdout
 
 
 def test_suite_report_refuses_a_database_without_the_studies(tmp_path):
@@ -224,3 +232,24 @@ def test_suite_report_refuses_a_database_without_the_studies(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "none of the 15 studies is in the database" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_factorial_effects_match_a_hand_computation():
+    from analysis.findings import factorial_effects
+
+    # gain = 2 + 1.5·[k=50] − 1·[τ=2] + 0.8·[k=50 and τ=2] (no α effect), one run per cell
+    rows = []
+    for k in (10, 50):
+        for tau in (0.5, 2.0):
+            for kind in ("constant", "wsd_alpha"):
+                g = 2 + 1.5 * (k == 50) - 1.0 * (tau == 2.0) + 0.8 * (k == 50 and tau == 2.0)
+                rows.append({"top_k": k, "temperature": tau, "alpha_kind": kind, "gain_pct": g})
+    eff = factorial_effects(pd.DataFrame(rows), Noise(0.3, 10, 0.2, 10)).set_index("effect")
+    # main effect of k: mean over τ of the k effect = 1.5 + 0.8/2; interaction: half the change = 0.4
+    assert eff.loc["top_k", "estimate"] == pytest.approx(1.9)
+    assert eff.loc["temperature", "estimate"] == pytest.approx(-1.0 + 0.4)
+    assert eff.loc["alpha_kind", "estimate"] == pytest.approx(0.0)
+    assert eff.loc["top_k × temperature", "estimate"] == pytest.approx(0.4)
+    assert eff.loc["top_k × alpha_kind", "estimate"] == pytest.approx(0.0)
+    assert eff.loc["top_k", "half_width"] == pytest.approx(1.959964 * 0.2 * math.sqrt(4 / 8), rel=1e-5)
+    assert eff.loc["top_k", "verdict"] == "real" and eff.loc["alpha_kind", "verdict"] == "within noise"
