@@ -100,7 +100,8 @@ def loss_comparison(db_url: str, study: str) -> str:
         return f"study {study}: no finished KD run with a finished LM-only baseline to compare yet."
     lines = [f"PD vs LM-only, study {study}: held-out cross-entropy (nats/token, lower is better), "
              "paired by seed (mean ± sd over seeds)"]
-    header = f"{'trial':<28} {'seeds':>5} {'LM-only':>15} {'PD':>15} {'gain LM-PD':>16} {'gain %':>7}  verdict"
+    w = max(28, *(len(g) for g in pairs["group"]))  # whole trial names: truncated ones can be ambiguous
+    header = f"{'trial':<{w}} {'seeds':>5} {'LM-only':>15} {'PD':>15} {'gain LM-PD':>16} {'gain %':>7}  verdict"
     lines += [header, "-" * len(header)]
 
     def ms(x: pd.Series) -> str:
@@ -117,7 +118,7 @@ def loss_comparison(db_url: str, study: str) -> str:
             verdict = "LM better: loss > seed-pair spread"
         else:
             verdict = "within noise"
-        lines.append(f"{group[:28]:<28} {len(g):>5} {ms(g['lm']):>15} {ms(g['pd']):>15} "
+        lines.append(f"{group:<{w}} {len(g):>5} {ms(g['lm']):>15} {ms(g['pd']):>15} "
                      f"{('+' if gain.mean() >= 0 else '') + ms(gain):>16} {100 * gain.mean() / g['lm'].mean():>+6.1f}%  {verdict}")
     lines.append("(runs: `pdspace results " + study + "`; every number above is a val_loss row in the metrics table)")
     return "\n".join(lines)

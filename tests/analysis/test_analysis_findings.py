@@ -253,3 +253,13 @@ def test_factorial_effects_match_a_hand_computation():
     assert eff.loc["top_k × alpha_kind", "estimate"] == pytest.approx(0.0)
     assert eff.loc["top_k", "half_width"] == pytest.approx(1.959964 * 0.2 * math.sqrt(4 / 8), rel=1e-5)
     assert eff.loc["top_k", "verdict"] == "real" and eff.loc["alpha_kind", "verdict"] == "within noise"
+
+
+def test_run_summary_prints_whole_trial_names(planted):
+    from analysis.summary import loss_comparison
+
+    url, _ = planted
+    text = loss_comparison(url, "mini_interactions")
+    assert "top_k=50,temperature=2,kind=wsd_alpha " in text  # not cut at 28 characters
+    row = next(line for line in text.splitlines() if line.startswith("top_k=10,temperature=0.5,kind=constant "))
+    assert "+2.0%" in row and "PD better (1 seed)" in row
