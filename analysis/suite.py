@@ -234,6 +234,33 @@ def _interactions_html(results: Results, noise) -> str:
             + _table_html(eff.round({"estimate": 2, "half_width": 2})))
 
 
+def fit_warnings(results: Results, fits) -> list[str]:
+    """Why a distillation-law fit may not be identified by its points: LM-only losses that do not
+    fall with model size at a fixed budget (the law assumes they do), and fitted values at a
+    degenerate corner (E collapsed to ~0, an exponent far outside the published range)."""
+    from analysis.fits import loss_points
+
+    out = []
+    pts = loss_points(results)
+    lm = pts[pts["is_lm"] & pts["final"]]
+    for budget, g in lm.groupby("tokens_budget"):
+        by = g.groupby("student").agg(N=("num_params", "first"), L=("L", "mean")).sort_values("N")
+        worse = [(a, b) for a, b in zip(by.index[:-1], by.index[1:]) if by.loc[b, "L"] > by.loc[a, "L"] + 1e-9]
+        for a, b in worse:
+            out.append(f"at {budget / 1e6:g}M tokens the larger {b} ends worse than {a} "
+                       f"({by.loc[b, 'L']:.3f} vs {by.loc[a, 'L']:.3f}): the law assumes loss falls with size")
+    for g in fits:
+        if g.result is None:
+            continue
+        p = g.result.params
+        if "E" in p and p["E"] < 0.05 * float(g.points["L"].min()):
+            out.append(f"{g.group}: the irreducible loss E collapsed to {p['E']:.3g}")
+        for k in ("alpha", "beta", "gamma"):
+            if k in p and not 0.01 <= p[k] <= 5.0:
+                out.append(f"{g.group}: {k} = {p[k]:.3g} is far outside the published range (0.3 to 0.8)")
+    return out
+
+
 def _distillation_fit(results: Results, bootstrap: int) -> str:
     from analysis.fits import fit_study
     from analysis.report import _fits_html
@@ -242,7 +269,55 @@ def _distillation_fit(results: Results, bootstrap: int) -> str:
         fits = fit_study(results, "distillation", bootstrap=bootstrap)
     except (ValueError, ArithmeticError) as e:
         return f"<p class='note'>Not fitted: {html.escape(str(e))}</p>"
-    return _fits_html({"distillation": fits}, bootstrap)
+    warn = fit_warnings(results, fits)
+    text = _fits_html({"distillation": fits}, bootstrap)
+    if warn:
+        text += ("<p class='note down'>This fit is not identified by its points, so read its parameters "
+                 "as a description of these points only:</p><ul class='note'>"
+                 + "".join(f"<li>{html.escape(w)}</li>" for w in warn) + "</ul>")
+    return text
+
+
+def _eq(runs: pd.DataFrame, col: str, value) -> pd.Series:
+    if col not in runs:
+        return pd.Series(False, index=runs.index)
+    if isinstance(value, float):
+        return (pd.to_numeric(runs[col], errors="coerce") - value).abs() < 1e-9
+    return runs[col].astype(str) == value
+
+
+# the suite's default PD recipe (studies/mini/_base.yaml) and its LM-only baseline
+VANILLA = {"alpha_schedule.kind": "constant", "alpha_schedule.alpha": 0.9, "lr_schedule.kind": "cosine",
+           "kd.kind": "kld", "kd.normalization": "renormalize", "kd.temperature": 1.0,
+           "logits.source": "offline", "logits.top_p": 0.95, "logits.top_k": 100.0}
+
+
+def pooled_vanilla(results: Mapping[str, Results]) -> Results:
+    """Every teacher, cosine-LR LM-only baseline and default-recipe PD run of the suite's studies
+    as one Results (each run once): the points a scaling-law fit over the whole suite uses."""
+    frames = [r for r in results.values() if not r.runs.empty]
+    if not frames:
+        raise ValueError("the suite has no runs")
+    runs = pd.concat([r.runs for r in frames], ignore_index=True).drop_duplicates("config_hash")
+    student = runs["kind"] == "student"
+    for col, value in VANILLA.items():
+        student &= _eq(runs, col, value)
+    if "kd.adaptive" in runs:
+        student &= runs["kd.adaptive"].isna() | (runs["kd.adaptive"].astype(str) == "None")
+    baseline = (runs["kind"] == "baseline") & _eq(runs, "lr_schedule.kind", "cosine")
+    runs = runs[student | baseline | (runs["kind"] == "teacher")].reset_index(drop=True)
+    keep = set(runs["run_id"])
+
+    def cat(attr):
+        out = pd.concat([getattr(r, attr) for r in frames], ignore_index=True)
+        out = out[out["run_id"].isin(keep)]
+        key = ["run_id", "step", "name"] if attr == "metrics" else ["run_id", "step", "task", "metric"]
+        return out.drop_duplicates(key).reset_index(drop=True)
+
+    configs = {}
+    for r in frames:
+        configs.update(r.configs)
+    return Results("suite: default recipe, pooled", {}, runs, cat("metrics"), cat("evals"), configs)
 
 
 def render_suite_report(results: Mapping[str, Results], *, title: str = "suite", bootstrap: int = 200) -> str:
@@ -281,9 +356,12 @@ def render_suite_report(results: Mapping[str, Results], *, title: str = "suite",
         secs.append(f"<p class='note'>Not drawn:</p><ul class='note'>{items}</ul>")
     secs.append("<h2>Distillation scaling law</h2>")
     if "distillation_law" in R:
-        secs.append(_distillation_fit(R["distillation_law"], bootstrap))
+        secs.append("<h3>On the distillation_law study (its design: teachers × students × budgets)</h3>"
+                    + _distillation_fit(R["distillation_law"], bootstrap))
     else:
         secs.append("<p class='note'>The suite has no distillation_law study.</p>")
+    secs.append("<h3>Pooled over the suite: every teacher, cosine LM-only baseline and default-recipe PD "
+                "run (more sizes, budgets and teachers)</h3>" + _distillation_fit(pooled_vanilla(results), bootstrap))
     secs.append("<h2>Studies: our tables next to the paper's</h2>")
     for name, r in results.items():
         secs.append(_study_section(study_key(name), r))
