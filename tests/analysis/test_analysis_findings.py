@@ -66,9 +66,10 @@ def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
                 kw = dict(kw)
                 seed = kw.pop("seed", 0)
                 curve = kw.pop("curve", None)
+                lm_scale = kw.pop("lm_scale", 1.0)
                 lm_kw = {k: v for k, v in kw.items() if k in ("student", "lr", "tokens")}
                 bcfg = _cfg("baseline", seed, **lm_kw)
-                lm = LM[seed] * (1.05 - 0.05 * ["d32l2", "d64l3", "d96l3", "d128l4"].index(bcfg["student"]))
+                lm = LM[seed] * (1.05 - 0.05 * ["d32l2", "d64l3", "d96l3", "d128l4"].index(bcfg["student"])) * lm_scale
                 if curve is None:
                     blosses, plosses = [(500_000, lm)], [(500_000, lm * (1 - gain / 100))]
                 else:  # a long run: (tokens, gain) points
@@ -263,3 +264,14 @@ def test_run_summary_prints_whole_trial_names(planted):
     assert "top_k=50,temperature=2,kind=wsd_alpha " in text  # not cut at 28 characters
     row = next(line for line in text.splitlines() if line.startswith("top_k=10,temperature=0.5,kind=constant "))
     assert "+2.0%" in row and "PD better (1 seed)" in row
+
+
+def test_fit_warnings_name_loss_that_does_not_fall_with_size(tmp_path, planted):
+    from analysis.suite import fit_warnings
+
+    url = build_db(tmp_path / "w.db", {"mini_w": [("student=d64l3", {"student": "d64l3"}, 1.0),
+                                                  ("student=d128l4", {"student": "d128l4", "lm_scale": 1.2}, 1.0)]})
+    warn = fit_warnings(load_results(url, "mini_w"), [])
+    assert len(warn) == 1 and "the larger d128l4 ends worse than d64l3" in warn[0]
+    ok_url, _ = planted
+    assert fit_warnings(load_results(ok_url, "mini_student_size"), []) == []
