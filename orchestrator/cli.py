@@ -83,22 +83,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.run import run_study
+    from orchestrator.run import run_studies
     from orchestrator.study import load_study
 
     db_url = _db(args)
-    status = 0
     studies = [load_study(f, overrides=args.set) for f in _study_files(args.study)]
     for study in studies:
         check_study_tasks(study)
-    for study in studies:
-        # a log file gets the plain progress lines; a terminal also gets the live view
-        code = run_study(study, db_url=db_url, artifacts=_artifacts(), address=args.address,
+    # a log file gets the plain progress lines; a terminal also gets the live view. Several studies
+    # (a folder) run as one schedule: shared units once, one Ray session, no idle slot while a
+    # long teacher trains.
+    status = run_studies(studies, db_url=db_url, artifacts=_artifacts(), address=args.address,
                          max_concurrent=args.max_concurrent, quiet=args.quiet,
                          live=not args.quiet and sys.stdout.isatty())
-        status = max(status, code)
     if len(studies) > 1 and not args.quiet:
-        print(f"{len(studies)} studies done; `pdspace report {args.study}` checks the paper's findings over them")
+        print(f"`pdspace report {args.study}` checks the paper's findings over these {len(studies)} studies")
     return status
 
 

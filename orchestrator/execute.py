@@ -236,6 +236,9 @@ def execute(units: list[Unit], *, db_url: str, artifacts: Path, address: str | N
                 if pending:
                     raise RuntimeError("the study's units have a dependency cycle")
                 break
+            # longest first: with more units than slots, a long teacher started last would leave
+            # every other slot idle at the end of the stage
+            ready.sort(key=lambda u: -float(u.estimate.get("seconds", 0.0)))
             wave += 1
             if on_wave:
                 on_wave(wave, ready)

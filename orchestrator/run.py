@@ -92,7 +92,7 @@ def run_study(study: Any, *, db_url: str, artifacts: Path, address: str | None =
                    and (Path(artifacts) / "runs" / u.config_hash / "checkpoint").exists()]
         _say(quiet, f"study {study.name}: {len(todo)} of {len(plan.units)} units to run"
                     + (f" ({len(resumed)} resume from a checkpoint)" if resumed else ""))
-        errors = _execute(plan, todo, db_url=db_url, artifacts=Path(artifacts), address=address,
+        errors = _execute(todo, db_url=db_url, artifacts=Path(artifacts), address=address,
                           max_concurrent=max_concurrent or study.resources.max_concurrent,
                           max_retries=study.resources.max_retries, quiet=quiet, live=live)
     failed = {h: e for h, e in errors.items() if e}
@@ -107,7 +107,56 @@ def run_study(study: Any, *, db_url: str, artifacts: Path, address: str | None =
     return 1 if failed else 0
 
 
-def _execute(plan: Plan, todo: list[Unit], *, db_url: str, artifacts: Path, address: str | None,
+def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: str | None = None,
+                max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
+                report: bool = True) -> int:
+    """Run what is missing of several studies as one schedule; 0 when every unit completed.
+
+    Their units are merged by config_hash (a teacher, store or run two studies share runs once)
+    and run in one Ray session, in dependency stages over the whole suite, so the long teachers of
+    one study train while the LM-only baselines of the others fill the free slots. Each study
+    then gets its summary and report, as with run_study.
+    """
+    if len(studies) == 1:
+        return run_study(studies[0], db_url=db_url, artifacts=artifacts, address=address,
+                         max_concurrent=max_concurrent, quiet=quiet, live=live, report=report)
+    names = [s.name for s in studies]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two study files are both named {dup!r}; study names must be unique")
+    t0 = time.time()
+    init_db(db_url)
+    plans = [build_plan(s, artifacts) for s in studies]
+    with _runner_lock(Path(artifacts)):
+        status: dict[str, str] = {}
+        merged: dict[str, Unit] = {}
+        for plan in plans:
+            status.update(register(plan, db_url))
+            for u in plan.units:
+                merged.setdefault(u.config_hash, u)
+        todo = [u for u in merged.values() if status.get(u.config_hash) != "completed"]
+        errors: dict[str, str | None] = {}
+        if todo:
+            _say(quiet, f"{len(studies)} studies: {len(todo)} of {len(merged)} distinct units to run, as one schedule")
+            errors = _execute(todo, db_url=db_url, artifacts=Path(artifacts), address=address,
+                              max_concurrent=max_concurrent or max(s.resources.max_concurrent for s in studies),
+                              max_retries=max(s.resources.max_retries for s in studies), quiet=quiet, live=live)
+        else:
+            print(f"{len(studies)} studies: all {len(merged)} distinct units are complete; nothing to run.")
+    failed = {h: e for h, e in errors.items() if e}
+    for study, plan in zip(studies, plans):
+        print(summary(db_url, study.name))
+        for u in plan.units:
+            if u.config_hash in failed:
+                print(f"FAILED {study.name} {u.trial_id}: {failed[u.config_hash]}", file=sys.stderr)
+        if report and todo:
+            _write_report(db_url, study.name, quiet)
+    _say(quiet, f"{len(studies)} studies: done in {time.time() - t0:.0f} s"
+                + (f", {len(failed)} unit(s) failed (see `pdspace status`)" if failed else ""))
+    return 1 if failed else 0
+
+
+def _execute(todo: list[Unit], *, db_url: str, artifacts: Path, address: str | None,
              max_concurrent: int | None, max_retries: int, quiet: bool, live: bool) -> dict[str, str | None]:
     from orchestrator.execute import execute
     from orchestrator.progress import LiveView

@@ -111,3 +111,26 @@ def test_two_worker_ddp_trial_matches_one_worker(tmp_path):
         losses[workers] = [v for (v,) in _rows(url, "SELECT value FROM metrics WHERE name = 'lm_loss' ORDER BY step")]
     assert len(losses[1]) >= 1
     assert losses[2] == pytest.approx(losses[1], rel=1e-4)
+
+
+def test_a_folder_of_studies_runs_as_one_schedule(tmp_path, capsys):
+    """Two studies sharing a teacher and its logits: one Ray session, shared units run once, each
+    study registered with its own trial ids and summary."""
+    from orchestrator.run import run_studies
+
+    home = {"db_url": f"sqlite:///{tmp_path / 'pd.db'}", "artifacts": tmp_path / "artifacts"}
+    one = {"seeds": [0], "base": {**TINY["base"], "tokens": 15_000}}
+    a, b = _study("suite_a", **one), _study("suite_b", **one, sweeps=[{"alpha": [0.5]}])
+    assert run_studies([a, b], quiet=False, report=False, **home) == 0
+    out = capsys.readouterr().out
+    assert "2 studies: " in out and "as one schedule" in out
+    assert "study suite_a" in out and "study suite_b" in out  # each study's summary
+    url = home["db_url"]
+    assert _rows(url, "SELECT COUNT(*) FROM runs WHERE kind = 'teacher'")[0][0] == 1
+    per_study = dict(_rows(url, "SELECT s.name, COUNT(*) FROM study_runs sr JOIN studies s ON s.id = sr.study_id "
+                                "JOIN runs r ON r.id = sr.run_id WHERE r.status = 'completed' GROUP BY s.name"))
+    assert per_study["suite_a"] >= 5 and per_study["suite_b"] > per_study["suite_a"]
+    assert _rows(url, "SELECT COUNT(*) FROM runs WHERE status != 'completed'")[0][0] == 0
+    # nothing left: a second call runs nothing
+    assert run_studies([a, b], quiet=False, report=False, **home) == 0
+    assert "nothing to run" in capsys.readouterr().out
