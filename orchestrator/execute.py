@@ -192,8 +192,14 @@ def _run_tuner(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | 
         )
         grid = tuner.fit()
         for result in grid:
+            if not result.config:  # a trial Tune never started: the fit was interrupted (SIGINT)
+                continue
             h = result.config["unit"]["config_hash"]
             outcome[h] = None if result.error is None else _one_sentence(result.error)
+        if any(u.config_hash not in outcome for u in group):
+            # Tune stops on SIGINT and returns; stop the whole run as Ctrl-C would (what finished is
+            # recorded; an interrupted trial resumes from its checkpoint on the next run)
+            raise KeyboardInterrupt
     return outcome
 
 
