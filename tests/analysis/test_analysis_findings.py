@@ -194,6 +194,17 @@ def test_a_run_named_twice_counts_once(planted):
     assert len(pairs) == 6 and "base" not in set(pairs["trial_id"])
 
 
+def test_a_gain_that_shrinks_after_its_peak_does_not_level_off(tmp_path, planted):
+    url, _ = planted
+    noisy = {n: load_results(url, n) for n in ("mini_preliminary", "mini_kd_loss")}  # for the noise
+    curve = [(250_000, 4.0), (500_000, 5.5), (1_000_000, 4.0), (2_000_000, 2.0), (2_500_000, 1.7)]
+    shr = build_db(tmp_path / "s.db", {"mini_long_training": [("student=d64l3", {"tokens": 2_500_000,
+                                                                                "curve": curve}, 0.0)]})
+    findings, _ = check_findings({**noisy, "mini_long_training": load_results(shr, "mini_long_training")})
+    long = next(f for f in findings if f.key == "long")
+    assert long.verdict == NOT_REPRODUCED and "peak +5.5% at 0.50M, end +1.7%" in long.ours
+
+
 def test_gains_over_training(planted):
     url, _ = planted
     curve = gains_over_training(load_results(url, "mini_long_training"))
