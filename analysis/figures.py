@@ -343,7 +343,8 @@ def plot_scores_by_size(data: pd.DataFrame, *, reference: pd.DataFrame | None = 
 
 @_styled
 def plot_delta_vs_truncation(data: pd.DataFrame, vary: str, *, kept: pd.DataFrame | None = None,
-                             reference: pd.DataFrame | None = None, title: str | None = None) -> Figure:
+                             reference: pd.DataFrame | None = None, title: str | None = None,
+                             ylabel: str = "Δ average score vs LM-only (%)") -> Figure:
     """Δ% bars at each value of `vary` ("top_p" or "top_k"); kept logits per token on a right axis
     (kept: columns p, k, mean_kept; one line per value of the other parameter)."""
     if vary not in ("top_p", "top_k"):
@@ -391,7 +392,7 @@ def plot_delta_vs_truncation(data: pd.DataFrame, vary: str, *, kept: pd.DataFram
     ax.set_xticks(range(len(values)), [_fmt_value(v) for v in values])
     sym = "p" if vary == "top_p" else "k"
     ax.set_xlabel(f"{sym} (top-{_fmt_value(fixed_value) + '-k' if vary == 'top_k' else 'p-' + _fmt_value(fixed_value)})")
-    ax.set_ylabel("Δ average score vs LM-only (%)")
+    ax.set_ylabel(ylabel)
     axes = [ax]
     if kept_lines:
         ax2 = ax.twinx()
@@ -413,7 +414,7 @@ def plot_delta_vs_truncation(data: pd.DataFrame, vary: str, *, kept: pd.DataFram
 
 @_styled
 def plot_delta_vs_size(data: pd.DataFrame, *, reference: pd.DataFrame | None = None,
-                       title: str = "Δ vs student size") -> Figure:
+                       title: str = "Δ vs student size", ylabel: str = "Δ average score vs LM-only (%)") -> Figure:
     """One line per teacher: Δ% of vanilla PD against the student's size (log N when known)."""
     if data.empty:
         raise ValueError("figure 4 needs vanilla PD runs of several student sizes with baselines; none found")
@@ -459,7 +460,7 @@ def plot_delta_vs_size(data: pd.DataFrame, *, reference: pd.DataFrame | None = N
         lo, hi = ax.get_xlim()
         ax.set_xlim(lo / 1.3, hi * 1.3)
     ax.set_xlabel("student size (parameters, log scale)" if numeric else "student size")
-    ax.set_ylabel("Δ average score vs LM-only (%)")
+    ax.set_ylabel(ylabel)
     ymin, ymax = ax.get_ylim()
     ax.set_ylim(ymin - 0.05 * (ymax - ymin), ymax + 0.12 * (ymax - ymin))
     if np.isfinite(data["delta_pct_std"].to_numpy(dtype=float)).any():

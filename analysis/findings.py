@@ -98,8 +98,8 @@ def _col(runs: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
 def pd_pairs(results: Results) -> pd.DataFrame:
     """One row per completed PD run with a completed LM-only baseline in the study: the trial, its
     group (trial id without the seed), its knobs, the two final held-out losses and the gain (%)."""
-    cols = ["study", "trial_id", "baseline_trial_id", "group", "seed", "student", "num_params", "teacher",
-            "tokens", "loss", "top_p", "top_k", "temperature", "adaptive", "normalization", "alpha_kind",
+    cols = ["study", "trial_id", "config_hash", "baseline_trial_id", "group", "seed", "student", "num_params",
+            "teacher", "tokens", "loss", "top_p", "top_k", "temperature", "adaptive", "normalization", "alpha_kind",
             "alpha", "lr_kind", "source", "window", "lm", "pd", "gain_pct"]
     runs = results.runs
     if runs.empty or results.metrics.empty:

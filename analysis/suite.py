@@ -124,6 +124,8 @@ def _loss_truncation(pairs: pd.DataFrame, vary: str, fixed: str, value: float) -
 
 def _loss_sizes(pairs: pd.DataFrame) -> pd.DataFrame:
     van = pairs[(pairs["alpha_kind"] == "constant") & (pairs["lr_kind"] == "cosine")]
+    if not van.empty:  # one token budget (the most common): sizes are compared at equal tokens
+        van = van[van["tokens"] == van["tokens"].mode().iloc[0]]
     out = van.groupby(["student", "teacher"], sort=False).agg(
         num_params=("num_params", "first"), delta_pct=("gain_pct", "mean"), delta_pct_std=("gain_pct", "std"),
         n=("gain_pct", "count")).reset_index()
@@ -162,18 +164,19 @@ def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
                 F.figure3_data(F.reference_scores(), p=value)
             _fig(name + "_loss", lambda: F.plot_delta_vs_truncation(
                 _loss_truncation(pairs, vary, fixed, value), vary, kept=kept, reference=ref,
-                title=f"Held-out loss gain (%) vs {vary.replace('_', '-')}; paper: benchmark Δ%"), figs, skipped)
+                title=f"Held-out loss gain (%) vs {vary.replace('_', '-')}; paper: benchmark Δ%",
+                ylabel="held-out loss gain vs LM-only (%)"), figs, skipped)
     if got := need("fig4_delta_vs_size", FIGURE_SOURCES["fig4"]):
         _fig("fig4_delta_vs_size", lambda: F.figure4(_scores(got), reference=True), figs, skipped)
-        pairs = pd.concat([pd_pairs(r) for r in got], ignore_index=True).drop_duplicates(["trial_id", "pd"])
+        pairs = pd.concat([pd_pairs(r) for r in got], ignore_index=True).drop_duplicates("config_hash")
         _fig("fig4_delta_vs_size_loss", lambda: F.plot_delta_vs_size(
-            _loss_sizes(pairs), title="Held-out loss gain (%) vs student size"), figs, skipped)
+            _loss_sizes(pairs), title="Held-out loss gain (%) vs student size",
+            ylabel="held-out loss gain vs LM-only (%)"), figs, skipped)
     if got := need("fig5_score_vs_tokens", FIGURE_SOURCES["fig5"]):
         _fig("fig5_score_vs_tokens", lambda: F.figure5(_scores(got), reference=True), figs, skipped)
         curves = _loss_curves(got[0])
         if not curves.empty:
-            figs["fig5_loss_vs_tokens"] = F.plot_loss_curves(curves, title="Held-out loss over training "
-                                                                           "(long run): LM-only dashed, PD solid")
+            figs["fig5_loss_vs_tokens"] = F.plot_loss_curves(curves, title="Held-out loss over training (long run)")
     return figs, skipped
 
 
