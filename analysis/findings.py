@@ -37,7 +37,7 @@ import pandas as pd
 from analysis.results import Results, final_losses
 from analysis.tables import parse_param_count
 
-__all__ = ["Finding", "Noise", "check_findings", "factorial_effects", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
+__all__ = ["Finding", "Noise", "NoiseBook", "noise_book", "check_findings", "factorial_effects", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
            "gains_over_training"]
 
 REPRODUCED, NOT_REPRODUCED, WITHIN_NOISE, NOT_RUN = "reproduced", "not reproduced", "within noise", "not run"
@@ -76,6 +76,38 @@ class Noise:
     def contrast(self) -> float:
         """Half-width of the 95 % interval of a difference between two one-seed conditions at one seed."""
         return Z * math.sqrt(2.0) * self.sigma_eps if self.dof_eps else float("nan")
+
+
+@dataclass(frozen=True)
+class NoiseBook(Noise):
+    """The suite's noise: pooled over every student (the fields), and per student size, since seed
+    noise grows with it at CPU scale (d128l4's paired gains spread ~10× d64l3's). A condition's
+    interval uses its own student's noise where that student has multi-seed runs (sigma_eps
+    falls back to its sigma_seed), else the pooled one."""
+
+    by_student: dict = field(default_factory=dict, compare=False)
+
+    def for_rows(self, rows: pd.DataFrame) -> Noise:
+        students = set(rows["student"]) if "student" in rows else set()
+        if len(students) == 1:
+            own = self.by_student.get(next(iter(students)))
+            if own is not None and own.dof_seed >= 2:
+                if own.dof_eps >= 2:
+                    return Noise(own.sigma_seed, own.dof_seed, own.sigma_eps, own.dof_eps)
+                return Noise(own.sigma_seed, own.dof_seed, own.sigma_seed, own.dof_seed)
+        return Noise(self.sigma_seed, self.dof_seed, self.sigma_eps, self.dof_eps)
+
+
+def noise_book(pairs: pd.DataFrame) -> NoiseBook:
+    pooled = estimate_noise(pairs)
+    per = {s: estimate_noise(g) for s, g in pairs.groupby("student")} if not pairs.empty else {}
+    return NoiseBook(pooled.sigma_seed, pooled.dof_seed, pooled.sigma_eps, pooled.dof_eps, per)
+
+
+def _noise_for(noise: Noise, *frames: pd.DataFrame) -> Noise:
+    if isinstance(noise, NoiseBook):
+        return noise.for_rows(pd.concat(frames, ignore_index=True))
+    return noise
 
 
 def study_key(name: str) -> str:
@@ -189,6 +221,7 @@ class _Est:
 
 def _gain(rows: pd.DataFrame, noise: Noise) -> _Est:
     """The gain of one condition: over seeds when it has several, else with the pooled seed noise."""
+    noise = _noise_for(noise, rows)
     x = rows["gain_pct"].to_numpy(float)
     if len(x) >= 2:
         return _Est(float(x.mean()), _t(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x)), len(x),
@@ -198,6 +231,7 @@ def _gain(rows: pd.DataFrame, noise: Noise) -> _Est:
 
 def _contrast(a: pd.DataFrame, b: pd.DataFrame, noise: Noise) -> _Est:
     """gain(a) - gain(b), paired by seed where both have 2+ common seeds, else with sigma_eps."""
+    noise = _noise_for(noise, a, b)
     sa, sb = a.groupby("seed")["gain_pct"].mean(), b.groupby("seed")["gain_pct"].mean()
     common = sa.index.intersection(sb.index)
     if len(common) >= 2:
@@ -273,7 +307,7 @@ def _top_p(P, noise, f: Finding):
         f.note = "needs two or more top-p values at k = 100"
         return
     spread = float(means.max() - means.min())
-    half = noise.contrast()
+    half = _noise_for(noise, pairs).contrast()
     f.ours = f"gain range over p = {spread:.2f} pts ({_fmt_series({f'p={k:g}': v for k, v in means.items()})})"
     f.interval = f"two one-seed conditions differ by up to ±{half:.2f} pts by noise alone"
     f.verdict = (REPRODUCED if spread <= half else NOT_REPRODUCED) if np.isfinite(half) else WITHIN_NOISE
@@ -547,10 +581,11 @@ def _long(R, noise, f: Finding):
     if curve.empty:
         f.note = "the long_training study has no paired evaluations"
         return
-    half = noise.single()
-    parts, verdicts = [], []
+    parts, verdicts, halves = [], [], []
     for student, g in curve.groupby("student", sort=False):
         g = g.sort_values("tokens")
+        half = _noise_for(noise, g[["student"]]).single()
+        halves.append(f"{student} ± {half:.2f}")
         x, t = g["gain_pct"].to_numpy(float), g["tokens"].to_numpy(float)
         positive = bool((x[1:] - half > 0).all()) if len(x) > 1 else bool(x[0] - half > 0)
         peak = int(np.argmax(x))
@@ -561,7 +596,7 @@ def _long(R, noise, f: Finding):
         verdicts.append(REPRODUCED if positive and grows and levels else
                         NOT_REPRODUCED if not positive or x[peak] - x[-1] > 2 * half else WITHIN_NOISE)
     f.ours = "; ".join(parts)
-    f.interval = f"each one-seed point ± {half:.2f} pts (z·σ_seed)"
+    f.interval = "each one-seed point " + ", ".join(halves) + " pts (z·σ_seed of that student)"
     f.verdict = (REPRODUCED if set(verdicts) == {REPRODUCED} else NOT_REPRODUCED if NOT_REPRODUCED in verdicts
                  else WITHIN_NOISE)
     f.evidence = [f"{res.study}: {t}" for t in curve["trial_id"].unique()]
@@ -688,6 +723,7 @@ def factorial_effects(pairs: pd.DataFrame, noise: Noise) -> pd.DataFrame:
     sign = {k: np.where(x[k] == levels[k][1], 1.0, -1.0) for k in knobs}
     g = x["gain_pct"].to_numpy(float)
     n = len(g)
+    noise = _noise_for(noise, pairs)
     half = Z * noise.sigma_eps * math.sqrt(4.0 / n) if noise.dof_eps else float("nan")
     rows = []
 
@@ -737,7 +773,7 @@ def check_findings(results: Mapping[str, Results]) -> tuple[list[Finding], Noise
     frames = [f for f in frames if not f.empty]
     all_pairs = pd.concat(frames, ignore_index=True) if frames else pd_pairs(Results("", {}, pd.DataFrame(),
                                                                                       pd.DataFrame(), pd.DataFrame()))
-    noise = estimate_noise(all_pairs)
+    noise = noise_book(all_pairs)
     P = {key: all_pairs[all_pairs["study"] == r.study] for key, r in R.items()}
     P["_teacher_params"] = _teacher_params(R.values())
     out = []

@@ -323,6 +323,15 @@ def pooled_vanilla(results: Mapping[str, Results]) -> Results:
     return Results("suite: default recipe, pooled", {}, runs, cat("metrics"), cat("evals"), configs)
 
 
+def _noise_text(noise) -> str:
+    def one(n):
+        eps = f", sigma_eps {n.sigma_eps:.2f} ({n.dof_eps} dof)" if n.dof_eps else ""
+        return f"sigma_seed {n.sigma_seed:.2f} pts ({n.dof_seed} dof){eps}"
+
+    per = "; ".join(f"{s}: {one(n)}" for s, n in getattr(noise, "by_student", {}).items() if n.dof_seed)
+    return f"noise, all sizes pooled: {one(noise)}" + (f"; per student: {per}" if per else "")
+
+
 def render_suite_report(results: Mapping[str, Results], *, title: str = "suite", bootstrap: int = 200) -> str:
     """The suite report's HTML text (see the module docstring)."""
     from analysis.report import CSS, _png_b64
@@ -340,9 +349,10 @@ def render_suite_report(results: Mapping[str, Results], *, title: str = "suite",
             "(same student, data, tokens, LR schedule and seed), 100·(L<sub>LM</sub> − L<sub>PD</sub>)/L<sub>LM</sub>. "
             "The paper's numbers are benchmark Δ%; at CPU scale our benchmark scores are near chance, so the "
             "loss is the measure that can tell. 95% intervals: t over seeds where a condition has several; "
-            f"otherwise the pooled seed noise: σ<sub>seed</sub> = {noise.sigma_seed:.2f} pts ({noise.dof_seed} dof) "
-            f"for one gain, σ<sub>ε</sub> = {noise.sigma_eps:.2f} pts ({noise.dof_eps} dof, condition × seed "
-            "residual) for a contrast of two conditions at one seed.</p>",
+            "otherwise the seed noise of the condition's student size, pooled over the suite's multi-seed "
+            "conditions of that size (all sizes pooled where it has none): σ<sub>seed</sub> for one gain, "
+            "σ<sub>ε</sub> (condition × seed residual) for a contrast of two conditions at one seed. "
+            + html.escape(_noise_text(noise)) + "</p>",
             "<p>" + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items()) + "</p>",
             _table_html(frame.drop(columns=["runs"]).assign(runs=frame["runs"]))]
     if "interactions" in R:
@@ -406,8 +416,7 @@ def findings_text(db_url: str, studies: list[str]) -> str:
     results = {s: load_results(db_url, s) for s in studies if s in known}
     findings, noise = check_findings(results)
     frame = findings_frame(findings)
-    lines = [f"noise: sigma_seed {noise.sigma_seed:.2f} pts ({noise.dof_seed} dof), "
-             f"sigma_eps {noise.sigma_eps:.2f} pts ({noise.dof_eps} dof)", "",
+    lines = [_noise_text(noise), "",
              "| finding | paper | ours (held-out loss gain) | 95% interval | verdict |", "|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         lines.append(f"| {r['finding']} | {r['paper']} | {r['ours (held-out loss gain)']} | {r['95% interval']} "

@@ -286,3 +286,21 @@ def test_fit_warnings_name_loss_that_does_not_fall_with_size(tmp_path, planted):
     assert len(warn) == 1 and "the larger d128l4 ends worse than d64l3" in warn[0]
     ok_url, _ = planted
     assert fit_warnings(load_results(ok_url, "mini_student_size"), []) == []
+
+
+def test_single_seed_intervals_use_their_own_student_noise():
+    from analysis.findings import noise_book
+
+    rows = [("s", f"c{c}", seed, "d64l3", 2.0 + c + d) for c in (0, 1) for seed, d in enumerate([0.0, 0.1, -0.1])]
+    rows += [("s", "big", seed, "d128l4", 6.0 + d) for seed, d in enumerate([2.0, -3.0, 1.0])]
+    pairs = pd.DataFrame(rows, columns=["study", "group", "seed", "student", "gain_pct"])
+    book = noise_book(pairs)
+    small = book.for_rows(pd.DataFrame({"student": ["d64l3"]}))
+    big = book.for_rows(pd.DataFrame({"student": ["d128l4"]}))
+    assert small.sigma_seed == pytest.approx(0.1) and small.sigma_eps == pytest.approx(0.0, abs=1e-12)
+    assert big.sigma_seed == pytest.approx(np.std([2.0, -3.0, 1.0], ddof=1))
+    assert big.sigma_eps == big.sigma_seed  # no condition × seed layout of its own
+    pooled = book.for_rows(pd.DataFrame({"student": ["d192l6"]}))  # no multi-seed runs: all sizes pooled
+    assert pooled.sigma_seed == pytest.approx(book.sigma_seed) and pooled.dof_seed == 6
+    one = _gain(pd.DataFrame({"student": ["d64l3"], "gain_pct": [3.0], "seed": [0]}), book)
+    assert one.half == pytest.approx(1.959964 * 0.1, rel=1e-5)
