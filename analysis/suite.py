@@ -158,6 +158,9 @@ def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
             ("fig3_delta_vs_top_k", "fig3", "top_k", "top_p", 0.95, F.figure3)):
         if got := need(name, FIGURE_SOURCES[key]):
             kept = kept_stats_from_db(got[0])
+            if kept is not None:  # the paper's lines: top-p-k at the k, or top-0.95-k and top-1.0-k
+                kept = (kept[(kept["k"] - value).abs() < 1e-9] if vary == "top_p"
+                        else kept[kept["p"].isin([value, 1.0])])
             _fig(name, lambda: figure(_scores(got), kept=kept, reference=True), figs, skipped)
             pairs = pd_pairs(got[0])
             ref = F.figure2_data(F.reference_scores(), k=value) if vary == "top_p" else \

@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--startup", type=float, default=None, help="seconds per stage (default 15)")
     ap.add_argument("--calibrate", action="store_true",
                     help="the suite was run one study after the other: calibrate the per-stage start-up on it")
+    ap.add_argument("--since", type=float, default=None,
+                    help="epoch seconds: also replay, merged, only the units started after it, next to their wall time")
     args = ap.parse_args()
     from orchestrator.cli import _study_files
     from orchestrator.plan import build_plan
@@ -131,6 +133,18 @@ def main() -> None:
     out["merged_replay_min"] = round((sum(merged_spans) + startup * len(merged_spans)) / 60, 1)
     out["merged_stages"] = {str(k): {"units": len(v), "makespan_min": round(_makespan(v, 1 if k == 0 else args.slots) / 60, 1)}
                             for k, v in sorted(mstages.items())}
+    if args.since is not None:  # check the merged replay against a merged run that did these units
+        t0 = pd.Timestamp.utcfromtimestamp(args.since)
+        part = distinct[distinct["started_at"] >= t0.tz_localize(None)]
+        pstages: dict[int, list[float]] = {}
+        for h in part["config_hash"]:
+            if h in depth:
+                pstages.setdefault(depth[h], []).append(float(measured[h]))
+        spans = [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(pstages.items())]
+        out["since"] = {"units": int(len(part)),
+                        "measured_wall_min": round((part["finished_at"].max() - part["started_at"].min())
+                                                   .total_seconds() / 60, 1),
+                        "merged_replay_min": round((sum(spans) + startup * len(spans)) / 60, 1)}
     out["max_standalone_min"] = max((v["standalone_min"] for v in out["per_study"].values()), default=0.0)
     print(json.dumps(out, indent=2))
 
