@@ -315,34 +315,35 @@ def _top_p(P, noise, f: Finding):
     f.note = "reproduced when the best and worst p are within noise of each other"
 
 
+def _best_is(f: Finding, pairs: pd.DataFrame, col: str, target: float, sym: str, noise) -> None:
+    """A finding that `target` is the best value of `col`: reproduced when it has the largest mean
+    gain beyond noise of the runner-up, not reproduced when another value beats it beyond noise."""
+    if pairs[col].nunique() < 2:
+        f.note = f"needs two or more {sym} values"
+        return
+    best, means = _best(pairs, col)
+    f.ours = f"best {sym} = {best:g} ({_fmt_series({f'{sym}={k:g}': v for k, v in means.items()})})"
+    f.evidence = _ev(pairs)
+    if not (np.abs(means.index.to_numpy(float) - target) < 1e-9).any():
+        f.note = f"{sym} = {target:g} was not run"
+        return
+    other = means.drop(best).idxmax() if best == target else best
+    c = _contrast(pairs[_is(pairs[col], target)], pairs[_is(pairs[col], other)], noise)
+    f.interval = f"gain({sym}={target:g}) - gain({sym}={other:g}) = {c.text()} {c.interval()}"
+    if best == target:
+        f.verdict = REPRODUCED if c.lo > 0 else WITHIN_NOISE
+    else:
+        f.verdict = NOT_REPRODUCED if c.hi < 0 else WITHIN_NOISE
+
+
 def _top_k_best(P, noise, f: Finding):
     pairs = P["top_k"]
-    pairs = pairs[_is(pairs["top_p"], 0.95)]
-    if pairs["top_k"].nunique() < 2:
-        f.note = "needs two or more k values at p = 0.95"
-        return
-    best, means = _best(pairs, "top_k")
-    f.ours = f"best k = {best:g} ({_fmt_series({f'k={k:g}': v for k, v in means.items()})})"
-    f.evidence = _ev(pairs)
-    if best == 50:
-        f.verdict, f.interval = REPRODUCED, "k = 50 has the largest gain"
-        return
-    if not (means.index == 50).any():
-        f.note = "k = 50 was not run"
-        return
-    c = _contrast(pairs[_is(pairs["top_k"], best)], pairs[_is(pairs["top_k"], 50)], noise)
-    f.interval = f"gain(k={best:g}) - gain(k=50) = {c.text()} {c.interval()}"
-    f.verdict = NOT_REPRODUCED if c.lo > 0 else WITHIN_NOISE
+    _best_is(f, pairs[_is(pairs["top_p"], 0.95)], "top_k", 50.0, "k", noise)
 
 
 def _top_k_one(P, noise, f: Finding):
     pairs = P["top_k"]
-    one = pairs[_is(pairs["top_k"], 1)]
-    if one.empty:
-        f.note = "k = 1 was not run"
-        return
-    est = _gain(one, noise)
-    f.ours, f.interval, f.verdict, f.evidence = f"k = 1: {est.text()}", est.interval(), _side(est), _ev(one)
+    _one_condition(f, pairs[_is(pairs["top_k"], 1)], noise, "k = 1", 1)
 
 
 def _tau_low(P, noise, f: Finding):
@@ -418,46 +419,40 @@ def _losses(P, noise, f: Finding):
                    "and training is deterministic, so the paper's gap between them is noise")
 
 
+def _one_condition(f: Finding, rows: pd.DataFrame, noise, label: str, sign: int) -> None:
+    """A finding about one condition's gain: positive (sign 1) or negative (sign -1)."""
+    if rows.empty:
+        f.note = f"no {label} run"
+        return
+    est = _gain(rows, noise)
+    f.ours, f.interval, f.verdict, f.evidence = f"{label}: {est.text()}", est.interval(), _side(est, sign), _ev(rows)
+
+
 def _mse(P, noise, f: Finding):
     pairs = P["kd_loss"]
-    mse = pairs[pairs["loss"] == "mse"]
-    if mse.empty:
-        f.note = "no mse runs"
-        return
-    est = _gain(mse, noise)
-    f.ours, f.interval, f.verdict, f.evidence = f"MSE: {est.text()}", est.interval(), _side(est, -1), _ev(mse)
+    _one_condition(f, pairs[pairs["loss"] == "mse"], noise, "MSE", -1)
 
 
 def _alpha(P, noise, f: Finding):
     pairs = P["alpha"]
-    pairs = pairs[pairs["alpha_kind"] == "constant"]
-    if pairs["alpha"].nunique() < 2:
-        f.note = "needs two or more α values"
+    _best_is(f, pairs[pairs["alpha_kind"] == "constant"], "alpha", 0.9, "α", noise)
+
+
+def _beats(f: Finding, a: pd.DataFrame, b: pd.DataFrame, name_a: str, name_b: str, noise) -> None:
+    """A finding that condition a gains more than condition b."""
+    if a.empty or b.empty:
+        f.note = f"needs {name_a} and {name_b} runs"
         return
-    best, means = _best(pairs, "alpha")
-    f.ours = f"best α = {best:g} ({_fmt_series({f'α={k:g}': v for k, v in means.items()})})"
-    f.evidence = _ev(pairs)
-    if best == 0.9:
-        f.verdict, f.interval = REPRODUCED, "α = 0.9 has the largest mean gain"
-        second = means.drop(0.9).idxmax()
-        c = _contrast(pairs[_is(pairs["alpha"], 0.9)], pairs[_is(pairs["alpha"], second)], noise)
-        f.interval = f"gain(0.9) - gain({second:g}) = {c.text()} {c.interval()}"
-        return
-    c = _contrast(pairs[_is(pairs["alpha"], best)], pairs[_is(pairs["alpha"], 0.9)], noise)
-    f.interval = f"gain(α={best:g}) - gain(α=0.9) = {c.text()} {c.interval()}"
-    f.verdict = NOT_REPRODUCED if c.lo > 0 else WITHIN_NOISE
+    c = _contrast(a, b, noise)
+    f.ours = f"{name_a} {a['gain_pct'].mean():+.2f}%, {name_b} {b['gain_pct'].mean():+.2f}%"
+    f.interval = f"{name_a} - {name_b} = {c.text()} {c.interval()}"
+    f.verdict, f.evidence = _side(c), _ev(a) + _ev(b)
 
 
 def _kd_first(P, noise, f: Finding):
     pairs = P["schedules"]
-    inc, dec = pairs[pairs["alpha_kind"] == "linear_inc"], pairs[pairs["alpha_kind"] == "linear_dec"]
-    if inc.empty or dec.empty:
-        f.note = "needs linear_inc and linear_dec runs"
-        return
-    c = _contrast(dec, inc, noise)
-    f.ours = f"KD-first (linear_dec) {dec['gain_pct'].mean():+.2f}%, LM-first (linear_inc) {inc['gain_pct'].mean():+.2f}%"
-    f.interval = f"KD-first - LM-first = {c.text()} {c.interval()}"
-    f.verdict, f.evidence = _side(c), _ev(dec) + _ev(inc)
+    _beats(f, pairs[pairs["alpha_kind"] == "linear_dec"], pairs[pairs["alpha_kind"] == "linear_inc"],
+           "KD-first (linear_dec)", "LM-first (linear_inc)", noise)
 
 
 def _schedule_key(r) -> str:
@@ -496,15 +491,9 @@ def _schedules(P, noise, f: Finding):
 
 def _schedules_align(P, noise, f: Finding):
     pairs = P["schedules"]
-    ww = pairs[(pairs["alpha_kind"] == "wsd_alpha") & (pairs["lr_kind"] == "wsd")]
-    wc = pairs[(pairs["alpha_kind"] == "wsd_alpha") & (pairs["lr_kind"] == "cosine")]
-    if ww.empty or wc.empty:
-        f.note = "needs WSD-α with both WSD and cosine LR"
-        return
-    c = _contrast(ww, wc, noise)
-    f.ours = f"WSD-α + WSD-LR {ww['gain_pct'].mean():+.2f}%, WSD-α + cosine {wc['gain_pct'].mean():+.2f}%"
-    f.interval = f"difference = {c.text()} {c.interval()}"
-    f.verdict, f.evidence = _side(c), _ev(ww) + _ev(wc)
+    wsd_a = pairs["alpha_kind"] == "wsd_alpha"
+    _beats(f, pairs[wsd_a & (pairs["lr_kind"] == "wsd")], pairs[wsd_a & (pairs["lr_kind"] == "cosine")],
+           "WSD-α + WSD-LR", "WSD-α + cosine LR", noise)
 
 
 def _slope(x: np.ndarray, y: np.ndarray) -> _Est:
@@ -607,12 +596,7 @@ def _long(R, noise, f: Finding):
 
 def _online_early(P, noise, f: Finding):
     pairs = P["online_offline"]
-    early = pairs[(pairs["source"] == "online") & (pairs["window"] == "first")]
-    if early.empty:
-        f.note = "no early-window online run"
-        return
-    est = _gain(early, noise)
-    f.ours, f.interval, f.verdict, f.evidence = f"early window: {est.text()}", est.interval(), _side(est, -1), _ev(early)
+    _one_condition(f, pairs[(pairs["source"] == "online") & (pairs["window"] == "first")], noise, "early window", -1)
 
 
 def _online_late(P, noise, f: Finding):

@@ -55,6 +55,16 @@ def _summary(results: Results) -> str:
     return out
 
 
+def figures_html(figs: dict, skipped: dict) -> str:
+    """Each figure as an embedded PNG with its name, then the ones not drawn and why."""
+    parts = [f'<figure><img alt="{name}" src="data:image/png;base64,{_png_b64(fig)}">'
+             f"<figcaption>{html.escape(name)}</figcaption></figure>" for name, fig in figs.items()]
+    if skipped:
+        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items())
+        parts.append(f"<p class='note'>Not drawn:</p><ul class='note'>{items}</ul>")
+    return "".join(parts)
+
+
 FIT_TITLES = {
     "power": "Power law L(N) = E + A·N<sup>−α</sup> (final losses)",
     "chinchilla": "Chinchilla L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup> (evaluations past 25% of each run)",
@@ -143,12 +153,7 @@ def render_report(results: Results, *, kept_stats: pd.DataFrame | None = None, b
     figs, skipped = make_figures(results, None, kept_stats=kept_stats, reference=reference,
                                  bootstrap=bootstrap,
                                  fits={k: v for k, v in all_fits.items() if not isinstance(v, str)})
-    for name, fig in figs.items():
-        sections.append(f'<figure><img alt="{name}" src="data:image/png;base64,{_png_b64(fig)}">'
-                        f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    if skipped:
-        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items())
-        sections.append(f"<p class='note'>Not drawn:</p><ul class='note'>{items}</ul>")
+    sections.append(figures_html(figs, skipped))
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{title}</title><style>{CSS}</style></head><body>{''.join(sections)}</body></html>")
 
@@ -158,8 +163,12 @@ def write_report(db_url: str, study: str, out_path: str | Path, kept_stats: pd.D
     """Write one self-contained HTML file for `study` (tables, fit params with intervals, figures
     as base64 PNG) to out_path; returns the path."""
     results = load_results(db_url, study)
-    text = render_report(results, kept_stats=kept_stats, bootstrap=bootstrap)
-    out = Path(out_path)
+    return write_text_atomic(out_path, render_report(results, kept_stats=kept_stats, bootstrap=bootstrap))
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write text to path through a temporary file (a reader never sees half a report)."""
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")

@@ -337,7 +337,7 @@ def _noise_text(noise) -> str:
 
 def render_suite_report(results: Mapping[str, Results], *, title: str = "suite", bootstrap: int = 200) -> str:
     """The suite report's HTML text (see the module docstring)."""
-    from analysis.report import CSS, _png_b64
+    from analysis.report import CSS, figures_html
 
     R = {study_key(name): r for name, r in results.items()}
     findings, noise = check_findings(results)
@@ -363,13 +363,7 @@ def render_suite_report(results: Mapping[str, Results], *, title: str = "suite",
     secs.append("<h2>Figures 1–5</h2><p class='note'>Each figure is drawn from our runs; the paper's numbers "
                 "are overlaid (black markers or lines). Figures 2–4 are drawn twice: on benchmark Δ% as "
                 "in the paper, and on the held-out loss gain.</p>")
-    figs, skipped = suite_figures(R)
-    for name, fig in figs.items():
-        secs.append(f'<figure><img alt="{name}" src="data:image/png;base64,{_png_b64(fig)}">'
-                    f"<figcaption>{html.escape(name)}</figcaption></figure>")
-    if skipped:
-        items = "".join(f"<li>{html.escape(k)}: {html.escape(v)}</li>" for k, v in skipped.items())
-        secs.append(f"<p class='note'>Not drawn:</p><ul class='note'>{items}</ul>")
+    secs.append(figures_html(*suite_figures(R)))
     secs.append("<h2>Distillation scaling law</h2>")
     if "distillation_law" in R:
         secs.append("<h3>On the distillation_law study (its design: teachers × students × budgets)</h3>"
@@ -403,12 +397,9 @@ def write_suite_report(db_url: str, studies: list[str], out_path: str | Path, *,
         text = text.replace("<h2>The paper's findings, checked</h2>",
                             "<p class='note'>Not run yet: " + html.escape(", ".join(missing)) + "</p>"
                             "<h2>The paper's findings, checked</h2>", 1)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    from analysis.report import write_text_atomic
+
+    return write_text_atomic(out_path, text)
 
 
 def findings_text(db_url: str, studies: list[str]) -> str:
