@@ -78,52 +78,27 @@ def run_study(study: Any, *, db_url: str, artifacts: Path, address: str | None =
               max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
               report: bool = True) -> int:
     """Run what is missing of ``study``; 0 when every unit completed, 1 when some failed."""
-    t0 = time.time()
-    init_db(db_url)
-    plan = build_plan(study, artifacts)
-    with _runner_lock(Path(artifacts)):
-        status = register(plan, db_url)
-        todo = [u for u in plan.units if status.get(u.config_hash) != "completed"]
-        if not todo:
-            print(f"study {study.name}: all {len(plan.units)} units are complete; nothing to run.")
-            print(summary(db_url, study.name))
-            return 0
-        resumed = [u for u in todo if status.get(u.config_hash) in ("running", "failed", "pending")
-                   and (Path(artifacts) / "runs" / u.config_hash / "checkpoint").exists()]
-        _say(quiet, f"study {study.name}: {len(todo)} of {len(plan.units)} units to run"
-                    + (f" ({len(resumed)} resume from a checkpoint)" if resumed else ""))
-        errors = _execute(todo, db_url=db_url, artifacts=Path(artifacts), address=address,
-                          max_concurrent=max_concurrent or study.resources.max_concurrent,
-                          max_retries=study.resources.max_retries, quiet=quiet, live=live)
-    failed = {h: e for h, e in errors.items() if e}
-    print(summary(db_url, study.name))
-    for h, err in failed.items():
-        u = plan.by_hash()[h]
-        print(f"FAILED {u.trial_id}: {err}", file=sys.stderr)
-    if report:
-        _write_report(db_url, study.name, quiet)
-    _say(quiet, f"study {study.name}: done in {time.time() - t0:.0f} s"
-                + (f", {len(failed)} unit(s) failed (see `pdspace status {study.name}`)" if failed else ""))
-    return 1 if failed else 0
+    return run_studies([study], db_url=db_url, artifacts=artifacts, address=address,
+                       max_concurrent=max_concurrent, quiet=quiet, live=live, report=report)
 
 
 def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: str | None = None,
                 max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
                 report: bool = True) -> int:
-    """Run what is missing of several studies as one schedule; 0 when every unit completed.
+    """Run what is missing of one or several studies as one schedule; 0 when every unit completed.
 
     Their units are merged by config_hash (a teacher, store or run two studies share runs once)
     and run in one Ray session, in dependency stages over the whole suite, so the long teachers of
     one study train while the LM-only baselines of the others fill the free slots. Each study
-    then gets its summary and report, as with run_study.
+    then gets its summary and report.
     """
-    if len(studies) == 1:
-        return run_study(studies[0], db_url=db_url, artifacts=artifacts, address=address,
-                         max_concurrent=max_concurrent, quiet=quiet, live=live, report=report)
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"two study files are both named {dup!r}; study names must be unique")
+    one = len(studies) == 1
+    head = f"study {names[0]}" if one else f"{len(studies)} studies"
+    units_word = "units" if one else "distinct units"
     t0 = time.time()
     init_db(db_url)
     plans = [build_plan(s, artifacts) for s in studies]
@@ -137,22 +112,29 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
         todo = [u for u in merged.values() if status.get(u.config_hash) != "completed"]
         errors: dict[str, str | None] = {}
         if todo:
-            _say(quiet, f"{len(studies)} studies: {len(todo)} of {len(merged)} distinct units to run, as one schedule")
+            resumed = [u for u in todo if status.get(u.config_hash) in ("running", "failed", "pending")
+                       and (Path(artifacts) / "runs" / u.config_hash / "checkpoint").exists()]
+            _say(quiet, f"{head}: {len(todo)} of {len(merged)} {units_word} to run"
+                        + (f" ({len(resumed)} resume from a checkpoint)" if resumed else "")
+                        + ("" if one else ", as one schedule"))
             errors = _execute(todo, db_url=db_url, artifacts=Path(artifacts), address=address,
                               max_concurrent=max_concurrent or max(s.resources.max_concurrent for s in studies),
                               max_retries=max(s.resources.max_retries for s in studies), quiet=quiet, live=live)
         else:
-            print(f"{len(studies)} studies: all {len(merged)} distinct units are complete; nothing to run.")
+            print(f"{head}: all {len(merged)} {units_word} are complete; nothing to run.")
     failed = {h: e for h, e in errors.items() if e}
     for study, plan in zip(studies, plans):
         print(summary(db_url, study.name))
         for u in plan.units:
             if u.config_hash in failed:
-                print(f"FAILED {study.name} {u.trial_id}: {failed[u.config_hash]}", file=sys.stderr)
+                print(f"FAILED {'' if one else study.name + ' '}{u.trial_id}: {failed[u.config_hash]}",
+                      file=sys.stderr)
         if report and todo:
             _write_report(db_url, study.name, quiet)
-    _say(quiet, f"{len(studies)} studies: done in {time.time() - t0:.0f} s"
-                + (f", {len(failed)} unit(s) failed (see `pdspace status`)" if failed else ""))
+    if todo or not one:
+        status_cmd = f"pdspace status {names[0]}" if one else "pdspace status"
+        _say(quiet, f"{head}: done in {time.time() - t0:.0f} s"
+                    + (f", {len(failed)} unit(s) failed (see `{status_cmd}`)" if failed else ""))
     return 1 if failed else 0
 
 
