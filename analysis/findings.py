@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.results import Results, final_losses
-from analysis.tables import parse_param_count
+from analysis.tables import _label, parse_param_count
 
 __all__ = ["Finding", "Noise", "NoiseBook", "noise_book", "check_findings", "factorial_effects", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
            "gains_over_training"]
@@ -116,13 +116,6 @@ def study_key(name: str) -> str:
     return rest if head in ("mini", "paper") and rest else str(name)
 
 
-_SEED = re.compile(r"(^|,)seed=\d+")
-
-
-def _group(trial_id: str) -> str:
-    return _SEED.sub("", str(trial_id)).strip(",") or "base"
-
-
 def _col(runs: pd.DataFrame, name: str, default=np.nan) -> pd.Series:
     return runs[name] if name in runs else pd.Series(default, index=runs.index)
 
@@ -140,7 +133,7 @@ def pd_pairs(results: Results) -> pd.DataFrame:
     by_hash = runs.drop_duplicates("config_hash").set_index("config_hash")
     st = runs[(runs["kind"] == "student") & (runs["status"] == "completed")]
     out = pd.DataFrame({
-        "study": results.study, "trial_id": st["trial_id"], "group": st["trial_id"].map(_group),
+        "study": results.study, "trial_id": st["trial_id"], "group": st["trial_id"].map(_label),
         "seed": _col(st, "seed"), "student": _col(st, "student"),
         "num_params": _col(st, "num_non_embedding_params"), "teacher": _col(st, "teacher"),
         "tokens": _col(st, "tokens"), "loss": _col(st, "kd.kind"), "top_p": _col(st, "logits.top_p"),

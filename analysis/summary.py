@@ -5,15 +5,12 @@ evaluation step); the tables name the trial ids they were computed from.
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
 from sqlalchemy import text
 
+from analysis.tables import _label
 from orchestrator.db import make_engine
-
-_SEED = re.compile(r"(^|,)seed=\d+")
 
 
 def _frames(db_url: str, study: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -86,7 +83,7 @@ def paired_gains(db_url: str, study: str) -> pd.DataFrame:
         pd_loss, lm_loss = r.get("val_loss"), by_hash.loc[bh].get("val_loss")
         if pd.isna(pd_loss) or pd.isna(lm_loss):
             continue
-        group = _SEED.sub("", r["trial_id"]).strip(",") or "base"
+        group = _label(r["trial_id"])
         rows.append({"group": group, "student": r["config"]["student"], "seed": r["config"]["seed"],
                      "trial_id": r["trial_id"], "baseline_trial_id": by_hash.loc[bh]["trial_id"],
                      "lm": float(lm_loss), "pd": float(pd_loss), "gain": float(lm_loss) - float(pd_loss)})
