@@ -17,7 +17,7 @@ from analysis.findings import (NOT_REPRODUCED, REPRODUCED, WITHIN_NOISE, check_f
                                findings_frame, gains_over_training, pd_pairs, study_key)
 from analysis.results import Results, load_results
 
-__all__ = ["render_suite_report", "write_suite_report", "PAPER_TABLES"]
+__all__ = ["load_suite", "render_suite_report", "write_suite_report", "findings_text", "PAPER_TABLES"]
 
 # study key -> (paper table, filter on the paper's rows)
 PAPER_TABLES: dict[str, tuple[str, dict]] = {
@@ -335,7 +335,8 @@ def _noise_text(noise) -> str:
     return f"noise, all sizes pooled: {one(noise)}" + (f"; per student: {per}" if per else "")
 
 
-def render_suite_report(results: Mapping[str, Results], *, title: str = "suite", bootstrap: int = 200) -> str:
+def render_suite_report(results: Mapping[str, Results], *, missing: list[str] = (), title: str = "suite",
+                        bootstrap: int = 200) -> str:
     """The suite report's HTML text (see the module docstring)."""
     from analysis.report import CSS, figures_html
 
@@ -347,6 +348,7 @@ def render_suite_report(results: Mapping[str, Results], *, title: str = "suite",
             f"<p class='note'>Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from "
             f"{len(results)} studies: " + ", ".join(f"<a href='#{html.escape(n)}'>{html.escape(n)}</a>"
                                                       for n in results) + ".</p>",
+            ("<p class='note'>Not run yet: " + html.escape(", ".join(missing)) + "</p>" if missing else ""),
             "<h2>The paper's findings, checked</h2>",
             "<p class='note'>Measure: held-out loss gain of each PD run over its matching LM-only baseline "
             "(same student, data, tokens, LR schedule and seed), 100·(L<sub>LM</sub> − L<sub>PD</sub>)/L<sub>LM</sub>. "
@@ -381,33 +383,30 @@ def render_suite_report(results: Mapping[str, Results], *, title: str = "suite",
             f"<body>{''.join(secs)}</body></html>")
 
 
-def write_suite_report(db_url: str, studies: list[str], out_path: str | Path, *, title: str = "suite",
-                       bootstrap: int = 200) -> Path:
-    """Write the suite report over `studies` (names in the database) to out_path; returns the path.
-    Studies that are not in the database yet are left out and named in a note."""
+def load_suite(db_url: str, studies: list[str]) -> tuple[dict[str, Results], list[str]]:
+    """({name: Results} of the studies the database holds, [names it does not hold yet]);
+    ValueError when it holds none of them."""
     from analysis.results import list_studies
 
     known = set(list_studies(db_url))
     missing = [s for s in studies if s not in known]
     if len(missing) == len(studies):
         raise ValueError(f"none of the {len(studies)} studies is in the database yet (run them first)")
-    results = {s: load_results(db_url, s) for s in studies if s in known}
-    text = render_suite_report(results, title=title, bootstrap=bootstrap)
-    if missing:
-        text = text.replace("<h2>The paper's findings, checked</h2>",
-                            "<p class='note'>Not run yet: " + html.escape(", ".join(missing)) + "</p>"
-                            "<h2>The paper's findings, checked</h2>", 1)
+    return {s: load_results(db_url, s) for s in studies if s in known}, missing
+
+
+def write_suite_report(results: Mapping[str, Results], out_path: str | Path, *, missing: list[str] = (),
+                       title: str = "suite", bootstrap: int = 200) -> Path:
+    """Write the suite report over `results` (see load_suite) to out_path; returns the path.
+    Studies not run yet (`missing`) are named in a note."""
     from analysis.report import write_text_atomic
 
+    text = render_suite_report(results, missing=missing, title=title, bootstrap=bootstrap)
     return write_text_atomic(out_path, text)
 
 
-def findings_text(db_url: str, studies: list[str]) -> str:
+def findings_text(results: Mapping[str, Results]) -> str:
     """The findings table as Markdown (for notes and the terminal)."""
-    from analysis.results import list_studies
-
-    known = set(list_studies(db_url))
-    results = {s: load_results(db_url, s) for s in studies if s in known}
     findings, noise = check_findings(results)
     frame = findings_frame(findings)
     lines = [_noise_text(noise), "",

@@ -189,14 +189,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             print(report_command(db_url, names[0], args.out))
             return 0
         from analysis.commands import default_output
-        from analysis.suite import findings_text, write_suite_report
+        from analysis.suite import findings_text, load_suite, write_suite_report
 
         title = target.resolve().name
         out = Path(args.out or default_output(title, ""))
         if out.is_dir() or not out.suffix:
             out = out / f"{title}.html"
-        print(write_suite_report(db_url, names, out, title=f"{title} ({args.study})"))
-        print(findings_text(db_url, names))
+        results, missing = load_suite(db_url, names)
+        print(write_suite_report(results, out, missing=missing, title=f"{title} ({args.study})"))
+        print(findings_text(results))
         return 0
     print(report_command(db_url, args.study, args.out))
     return 0
