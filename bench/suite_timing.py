@@ -75,22 +75,28 @@ def main() -> None:
            "suite_wall_s": round(wall, 1), "suite_wall_min": round(wall / 60, 1),
            "suite_unit_seconds": round(float(distinct["duration_s"].sum()), 1),
            "slots": args.slots, "startup_per_stage_s": startup, "per_study": {}}
-    for study in studies:
-        plan = build_plan(study, Path("/nonexistent-artifacts"))
-        depth: dict[str, int] = {}
-        for unit in plan.units:  # the plan lists dependencies before their dependants
-            depth[unit.config_hash] = 1 + max((depth.get(d, 0) for d in unit.deps), default=-1)
-        stages: dict[int, list[float]] = {}
-        missing = 0
+    # Stage depth of every unit: one stage after its deepest dependency (a unit's dependencies
+    # are the same in every plan that holds it, and each plan lists them before their dependants).
+    plans = [build_plan(study, Path("/nonexistent-artifacts")) for study in studies]
+    depth: dict[str, int] = {}
+    for plan in plans:
         for unit in plan.units:
-            if unit.config_hash not in measured.index:
-                missing += 1
-                continue
-            stages.setdefault(depth[unit.config_hash], []).append(float(measured[unit.config_hash]))
-        alone = sum(_makespan(d, 1 if s == 0 else args.slots) + startup for s, d in sorted(stages.items()))
+            depth.setdefault(unit.config_hash, 1 + max((depth[d] for d in unit.deps), default=-1))
+
+    def spans(hashes) -> list[float]:
+        """Makespan of each dependency stage of these (measured) units, in stage order."""
+        stages: dict[int, list[float]] = {}
+        for h in hashes:
+            if h in measured.index:
+                stages.setdefault(depth[h], []).append(float(measured[h]))
+        return [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(stages.items())]
+
+    for study, plan in zip(studies, plans):
+        hashes = [u.config_hash for u in plan.units]
+        alone = sum(x + startup for x in spans(hashes))
         out["per_study"][study.name] = {
-            "units": len(plan.units), "units_without_a_measurement": missing,
-            "unit_seconds": round(sum(sum(d) for d in stages.values()), 1),
+            "units": len(plan.units), "units_without_a_measurement": sum(h not in measured.index for h in hashes),
+            "unit_seconds": round(float(sum(measured[h] for h in hashes if h in measured.index)), 1),
             "standalone_s": round(alone, 1), "standalone_min": round(alone / 60, 1)}
     # The whole folder, replayed both ways from the same measured durations: one study after the
     # other (what `pdspace run <folder>` did before it merged studies; shared units run in the
@@ -99,52 +105,30 @@ def main() -> None:
     # the suite was run that way (--calibrate).
     seen: set[str] = set()
     sequential_stages = []
-    merged_units: dict[str, tuple] = {}
-    for study in studies:
-        plan = build_plan(study, Path("/nonexistent-artifacts"))
-        depth = {}
-        for unit in plan.units:
-            depth[unit.config_hash] = 1 + max((depth.get(d, 0) for d in unit.deps), default=-1)
-            merged_units.setdefault(unit.config_hash, unit)
-        stages: dict[int, list[float]] = {}
-        for unit in plan.units:
-            if unit.config_hash in seen or unit.config_hash not in measured.index:
-                continue
-            seen.add(unit.config_hash)
-            stages.setdefault(depth[unit.config_hash], []).append(float(measured[unit.config_hash]))
-        sequential_stages += [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(stages.items())]
-    depth = {}
-    changed = True  # stage depth over the merged graph, to a fixed point
-    while changed:
-        changed = False
-        for h, unit in merged_units.items():
-            d = 1 + max((depth.get(x, 0) for x in unit.deps), default=-1)
-            if depth.get(h) != d:
-                depth[h], changed = d, True
-    mstages: dict[int, list[float]] = {}
-    for h in merged_units:
-        if h in measured.index:
-            mstages.setdefault(depth[h], []).append(float(measured[h]))
-    merged_spans = [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(mstages.items())]
+    for plan in plans:
+        new = [u.config_hash for u in plan.units if u.config_hash not in seen]
+        seen.update(new)
+        sequential_stages += spans(new)
+    merged_spans = spans(depth)
     if args.calibrate:
         startup = max(0.0, (wall - sum(sequential_stages)) / max(1, len(sequential_stages)))
     out["calibrated_startup_per_stage_s"] = round(startup, 1) if args.calibrate else None
     out["one_after_the_other_replay_min"] = round((sum(sequential_stages) + startup * len(sequential_stages)) / 60, 1)
     out["merged_replay_min"] = round((sum(merged_spans) + startup * len(merged_spans)) / 60, 1)
+    mstages: dict[int, list[float]] = {}
+    for h in depth:
+        if h in measured.index:
+            mstages.setdefault(depth[h], []).append(float(measured[h]))
     out["merged_stages"] = {str(k): {"units": len(v), "makespan_min": round(_makespan(v, 1 if k == 0 else args.slots) / 60, 1)}
                             for k, v in sorted(mstages.items())}
     if args.since is not None:  # check the merged replay against a merged run that did these units
-        t0 = pd.Timestamp.utcfromtimestamp(args.since)
-        part = distinct[distinct["started_at"] >= t0.tz_localize(None)]
-        pstages: dict[int, list[float]] = {}
-        for h in part["config_hash"]:
-            if h in depth:
-                pstages.setdefault(depth[h], []).append(float(measured[h]))
-        spans = [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(pstages.items())]
+        t0 = pd.Timestamp.fromtimestamp(args.since, "UTC").tz_localize(None)  # the database stores naive UTC
+        part = distinct[distinct["started_at"] >= t0]
+        part_spans = spans([h for h in part["config_hash"] if h in depth])
         out["since"] = {"units": int(len(part)),
                         "measured_wall_min": round((part["finished_at"].max() - part["started_at"].min())
                                                    .total_seconds() / 60, 1),
-                        "merged_replay_min": round((sum(spans) + startup * len(spans)) / 60, 1)}
+                        "merged_replay_min": round((sum(part_spans) + startup * len(part_spans)) / 60, 1)}
     out["max_standalone_min"] = max((v["standalone_min"] for v in out["per_study"].values()), default=0.0)
     print(json.dumps(out, indent=2))
 
