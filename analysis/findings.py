@@ -620,9 +620,15 @@ def _online_late(P, noise, f: Finding):
     f.note = "reproduced when the late window's interval reaches the band between -3.9 % and +0.5 %"
 
 
+def is_pd_star(alpha_kind: pd.Series, lr_kind: pd.Series) -> pd.Series:
+    """Which runs follow PD*'s schedules (PAPER.md): WSD-α with a WSD learning rate. The rest of
+    PD*'s recipe (top-0.95-50, τ = 2, KLD) is set by the pd_star study itself."""
+    return (alpha_kind == "wsd_alpha") & (lr_kind == "wsd")
+
+
 def _pd_star(P, noise, f: Finding):
     pairs = P["pd_star"]
-    star = pairs[(pairs["alpha_kind"] == "wsd_alpha") & (pairs["lr_kind"] == "wsd")]
+    star = pairs[is_pd_star(pairs["alpha_kind"], pairs["lr_kind"])]
     van = pairs[(pairs["alpha_kind"] == "constant") & (pairs["lr_kind"] == "cosine")]
     if star.empty:
         f.note = "no PD* runs"

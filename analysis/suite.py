@@ -14,7 +14,7 @@ from typing import Mapping
 import pandas as pd
 
 from analysis.findings import (NOT_REPRODUCED, REPRODUCED, WITHIN_NOISE, check_findings, factorial_effects,
-                               findings_frame, gains_over_training, pd_pairs, study_key)
+                               findings_frame, gains_over_training, is_pd_star, pd_pairs, study_key)
 from analysis.results import Results, load_results
 
 __all__ = ["load_suite", "render_suite_report", "write_suite_report", "findings_text", "PAPER_TABLES"]
@@ -100,7 +100,7 @@ def _mark_star(results: Results, scores: pd.DataFrame) -> pd.DataFrame:
     runs = results.runs.drop_duplicates("config_hash").set_index("config_hash")
     kind = runs.get("alpha_schedule.kind", pd.Series(dtype=object))
     lr = runs.get("lr_schedule.kind", pd.Series(dtype=object))
-    star = set(runs.index[(kind == "wsd_alpha") & (lr == "wsd")])
+    star = set(runs.index[is_pd_star(kind, lr)])
     s = scores[scores["config_hash"].isin(star)].copy()
     s["method"], s["is_vanilla"] = "PD*", False
     return s
