@@ -184,7 +184,8 @@ def _truncation_rows(scores: pd.DataFrame) -> pd.DataFrame:
     f = f[~f["is_lm"] & np.isfinite(f["top_p"].astype(float)) & f["top_k"].notna() & f["delta_pct"].notna()]
     factor = f["factor"].fillna("").str.lower()
     related = factor.apply(lambda s: any(t in s for t in TRUNCATION_FACTORS))
-    f = f[related | f["is_vanilla"]]
+    keep = related | f["is_vanilla"]
+    f, related = f[keep], related[keep]
     if f.empty:
         return f
     trunc = f[related]

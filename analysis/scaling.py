@@ -16,9 +16,11 @@ A hard failure (bad input) raises ValueError; a soft failure (no convergence) is
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -151,8 +153,9 @@ class FitResult:
         if not draws:
             raise ValueError(f"{self.law} fit has no bootstrap samples; fit with bootstrap=n first")
         q = 100 * (1 - (ci or self.ci)) / 2
-        preds = np.stack([fn(p) for p in draws])
-        return np.nanpercentile(preds, q, axis=0), np.nanpercentile(preds, 100 - q, axis=0)
+        with _diverged_draws_quiet():
+            preds = np.stack([fn(p) for p in draws])
+            return np.nanpercentile(preds, q, axis=0), np.nanpercentile(preds, 100 - q, axis=0)
 
 
 @dataclass(frozen=True)
@@ -430,7 +433,7 @@ def _batched_lbfgs(fg, X0: np.ndarray, *, lower=None, upper=None, maxiter: int =
         sy = np.einsum("ij,ij->i", s_new, y_new)
         yy = np.einsum("ij,ij->i", y_new, y_new)
         upd = idx[okk]
-        good = sy > 1e-12 * np.maximum(yy, 1e-300)
+        good = (yy > 1e-300) & (sy > 1e-12 * yy) & (sy > 1e-300)  # keeps rho = 1/sy and gamma finite
         u = upd[good]
         Smem[u] = np.roll(Smem[u], -1, axis=1)
         Ymem[u] = np.roll(Ymem[u], -1, axis=1)
@@ -543,10 +546,21 @@ def _bootstrap(obj, data, x_best: np.ndarray, ends: np.ndarray, delta: float, n_
     return X
 
 
+@contextlib.contextmanager
+def _diverged_draws_quiet():
+    """A bootstrap refit of a poorly identified law can diverge to inf (or NaN for every draw of a
+    parameter): the percentile interval is then inf or NaN, which the report prints and flags. Keep
+    numpy's arithmetic warnings about those draws off the user's terminal."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
 def _intervals(samples: np.ndarray, names: Sequence[str], ci: float) -> dict[str, tuple[float, float]]:
     q = 100 * (1 - ci) / 2
-    lo = np.nanpercentile(samples, q, axis=0)
-    hi = np.nanpercentile(samples, 100 - q, axis=0)
+    with _diverged_draws_quiet():
+        lo = np.nanpercentile(samples, q, axis=0)
+        hi = np.nanpercentile(samples, 100 - q, axis=0)
     return {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi)}
 
 
@@ -562,14 +576,16 @@ def _one_blas_thread(fn):
     """Run a fit with BLAS/LAPACK on one thread. scipy's L-BFGS-B makes thousands of tiny LAPACK
     calls; with OpenBLAS threads on a busy machine each call can wait milliseconds for its
     threads (measured: 50× slower on 2 shared cores), and the batched objective gains nothing
-    from them either."""
+    from them either. Starts and bootstrap refits that diverge are expected (they are dropped or
+    give an inf/NaN interval), so numpy's warnings about them are kept quiet."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             from threadpoolctl import threadpool_limits
         except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (lm-eval)
-            return fn(*args, **kwargs)
-        with threadpool_limits(limits=1, user_api="blas"):
+            with _diverged_draws_quiet():
+                return fn(*args, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"), _diverged_draws_quiet():
             return fn(*args, **kwargs)
     return wrapper
 
