@@ -126,7 +126,7 @@ def run_info(results: Results) -> pd.DataFrame:
         else:
             tokens_budget = float(_get(r, "tokens", default=float("nan")))
             seed = _get(r, "seed", default=float("nan"))
-            factor = str(r["factor"] or "")
+            factor = r["factor"] if isinstance(r["factor"], str) else ""  # None or NaN: the study's base
             names = {f.strip().split(".")[-1] for f in factor.split(",") if f.strip()}
             is_star = any(s in str(r["trial_id"]).lower() for s in ("pd_star", "pd*"))
             is_vanilla = not is_lm and (not names or names <= VANILLA_FACTORS)

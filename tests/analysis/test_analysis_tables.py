@@ -1,4 +1,6 @@
 """analysis.tables: Δ tables against matched baselines, seeds aggregated and paired."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,16 @@ def test_run_info_roles(synth_results):
     vanilla = pd_[pd_["student"] == "d32l2"]
     assert vanilla[vanilla["factor"] == "student"]["condition"].nunique() == 1
     assert info["condition"].nunique() == 2 * len(SIZES) + len(TOP_KS)
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_the_study_base_has_no_factor_and_is_vanilla_pd(synth_results, missing):
+    # a study's own base trial (trial id "base") has no factor; read back from SQL it is None or NaN
+    runs = synth_results.runs.copy().astype({"factor": object})
+    i = runs.index[(runs["kind"] == "student") & (runs["factor"] == "student")][0]
+    runs.loc[i, "factor"] = missing
+    info = run_info(dataclasses.replace(synth_results, runs=runs))
+    assert info.loc[info["config_hash"] == runs.loc[i, "config_hash"], "is_vanilla"].all()
 
 
 def test_scores_are_percent_and_use_acc(synth_results):
