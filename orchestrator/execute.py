@@ -183,7 +183,7 @@ def _run_tuner(units: list[Unit], ctx: dict[str, Any], *, max_concurrent: int | 
             trainable,
             param_space={"unit": tune.grid_search([u.as_dict() for u in group]), "ctx": ctx},
             # reuse_actors: a finished trial's process takes the next unit, so torch, the model
-            # code and lm-eval are imported once per slot, not once per unit (~8 s of a ~60 s
+            # code and lm-eval are imported once per slot, not once per unit (~7 s of a ~60 s
             # CPU-scale unit). Each unit seeds its own RNGs, so its results do not depend on it.
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent or None, num_samples=1,
                                         reuse_actors=True),
