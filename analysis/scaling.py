@@ -557,10 +557,9 @@ def _diverged_draws_quiet():
 
 
 def _intervals(samples: np.ndarray, names: Sequence[str], ci: float) -> dict[str, tuple[float, float]]:
-    q = 100 * (1 - ci) / 2
-    with _diverged_draws_quiet():
-        lo = np.nanpercentile(samples, q, axis=0)
-        hi = np.nanpercentile(samples, 100 - q, axis=0)
+    q = 100 * (1 - ci) / 2  # called inside the fits, whose wrapper keeps diverged draws quiet
+    lo = np.nanpercentile(samples, q, axis=0)
+    hi = np.nanpercentile(samples, 100 - q, axis=0)
     return {k: (float(a), float(b)) for k, a, b in zip(names, lo, hi)}
 
 
@@ -582,10 +581,10 @@ def _one_blas_thread(fn):
     def wrapper(*args, **kwargs):
         try:
             from threadpoolctl import threadpool_limits
+            one_thread = threadpool_limits(limits=1, user_api="blas")
         except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn (lm-eval)
-            with _diverged_draws_quiet():
-                return fn(*args, **kwargs)
-        with threadpool_limits(limits=1, user_api="blas"), _diverged_draws_quiet():
+            one_thread = contextlib.nullcontext()
+        with one_thread, _diverged_draws_quiet():
             return fn(*args, **kwargs)
     return wrapper
 
