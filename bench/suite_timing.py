@@ -83,13 +83,17 @@ def main() -> None:
         for unit in plan.units:
             depth.setdefault(unit.config_hash, 1 + max((depth[d] for d in unit.deps), default=-1))
 
-    def spans(hashes) -> list[float]:
-        """Makespan of each dependency stage of these (measured) units, in stage order."""
-        stages: dict[int, list[float]] = {}
+    def stages(hashes) -> dict[int, list[float]]:
+        """The measured durations of these units by dependency stage, in stage order."""
+        by: dict[int, list[float]] = {}
         for h in hashes:
             if h in measured.index:
-                stages.setdefault(depth[h], []).append(float(measured[h]))
-        return [_makespan(d, 1 if s == 0 else args.slots) for s, d in sorted(stages.items())]
+                by.setdefault(depth[h], []).append(float(measured[h]))
+        return dict(sorted(by.items()))
+
+    def spans(hashes) -> list[float]:
+        """Makespan of each dependency stage of these (measured) units, in stage order."""
+        return [_makespan(d, 1 if s == 0 else args.slots) for s, d in stages(hashes).items()]
 
     for study, plan in zip(studies, plans):
         hashes = [u.config_hash for u in plan.units]
@@ -115,12 +119,8 @@ def main() -> None:
     out["calibrated_startup_per_stage_s"] = round(startup, 1) if args.calibrate else None
     out["one_after_the_other_replay_min"] = round((sum(sequential_stages) + startup * len(sequential_stages)) / 60, 1)
     out["merged_replay_min"] = round((sum(merged_spans) + startup * len(merged_spans)) / 60, 1)
-    mstages: dict[int, list[float]] = {}
-    for h in depth:
-        if h in measured.index:
-            mstages.setdefault(depth[h], []).append(float(measured[h]))
     out["merged_stages"] = {str(k): {"units": len(v), "makespan_min": round(_makespan(v, 1 if k == 0 else args.slots) / 60, 1)}
-                            for k, v in sorted(mstages.items())}
+                            for k, v in stages(depth).items()}
     if args.since is not None:  # check the merged replay against a merged run that did these units
         t0 = pd.Timestamp.fromtimestamp(args.since, "UTC").tz_localize(None)  # the database stores naive UTC
         part = distinct[distinct["started_at"] >= t0]
