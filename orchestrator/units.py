@@ -222,7 +222,7 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         teacher = StoreTeacher(store, top_p=lg["top_p"], top_k=lg["top_k"], entries=entries)
         pretrained = cfg.get("teacher_pretrained")
         val_teacher = LiveTeacher(_teacher_model(pretrained, cfg["teacher_hash"], artifacts, device),
-                                  top_p=lg["top_p"], top_k=lg["top_k"], gammas=store.gammas)
+                                  top_p=lg["top_p"], top_k=lg["top_k"], gammas=store.gammas, memoize=True)
     evaluate = _evaluator(cfg, data, artifacts, device, val_teacher=val_teacher,
                           total_tokens=_total_tokens(tcfg, data))
     result = train(tcfg, model, data, run_dir=out_dir, teacher=teacher, report=rec.report,

@@ -206,3 +206,27 @@ def test_live_teacher_matches_truncation(model):
     assert torch.equal(batch.logprobs, lp.reshape(3, T, 12))
     assert set(batch.stats) == {"entropy", "std", "log_u_0.7"}
     assert batch.stats["entropy"].shape == (3, T)
+
+
+def test_live_teacher_memoize_runs_each_batch_once(model):
+    seqs = FakePackedData(seed=5).sequences("train", np.arange(4))
+    inputs = torch.from_numpy(seqs[:, :-1])
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        plain = LiveTeacher(model, 0.8, 12, gammas=[0.7])
+        memo = LiveTeacher(model, 0.8, 12, gammas=[0.7], memoize=True)
+        ref = plain(np.arange(2), np.arange(2), inputs[:2])
+        first = memo(np.arange(2), np.arange(2), inputs[:2])
+        calls.clear()
+        again = memo(np.arange(2), np.arange(2), inputs[:2])
+        assert calls == []  # no forward pass: the held-out batch came back unchanged
+        other = memo(np.arange(2), np.arange(2, 4), inputs[2:])
+        changed = memo(np.arange(2), np.arange(2), inputs[2:])  # same ids, other tokens: recomputed
+        assert len(calls) == 2
+    finally:
+        hook.remove()
+    for batch in (first, again):
+        assert torch.equal(batch.indices, ref.indices) and torch.equal(batch.logprobs, ref.logprobs)
+        assert all(torch.equal(batch.stats[k], ref.stats[k]) for k in ref.stats)
+    assert torch.equal(changed.indices, other.indices) and torch.equal(changed.logprobs, other.logprobs)
