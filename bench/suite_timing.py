@@ -9,7 +9,9 @@ Prints JSON:
   of a `pdspace run` of that study alone on a fresh database, replayed from the measured unit
   durations: the plan's dependency stages as `pdspace run` executes them (each unit one stage after
   its deepest dependency; the data unit alone), in each stage the units longest-first to the first
-  free of `slots` slots, plus `--startup` seconds per stage for Ray and trial start-up.
+  free of `slots` slots, each unit followed by the idle gap a slot showed between units in the
+  run (`unit_gap_s`, the median measured; `--gap` sets it), plus `--startup` seconds per stage for
+  Ray and the stage's trial start-up.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import text
 
@@ -43,6 +46,8 @@ def main() -> None:
     ap.add_argument("--db", required=True)
     ap.add_argument("--slots", type=int, default=2)
     ap.add_argument("--startup", type=float, default=None, help="seconds per stage (default 15)")
+    ap.add_argument("--gap", type=float, default=None,
+                    help="idle seconds of a slot between units, added to each unit (default: the median measured)")
     ap.add_argument("--calibrate", action="store_true",
                     help="the suite was run one study after the other: calibrate the per-stage start-up on it")
     ap.add_argument("--since", type=float, default=None,
@@ -69,12 +74,25 @@ def main() -> None:
     wall = (distinct["finished_at"].max() - distinct["started_at"].min()).total_seconds()
     # start-up per stage: what the suite's wall time holds beyond the replayed stage makespans
     startup = 15.0 if args.startup is None else args.startup
-    measured = distinct.set_index("config_hash")["duration_s"].astype(float)
+    # The gap a slot stands idle between one unit's end and the next unit's start (a new trial
+    # process without actor reuse, a few ms with it): measured as each unit's start minus the last
+    # finish before it, median over the suite (the median leaves out the waits at stage barriers).
+    ordered = distinct.sort_values("started_at")
+    finishes = np.sort(ordered["finished_at"].to_numpy())
+    gaps = []
+    for t in ordered["started_at"].to_numpy():
+        i = np.searchsorted(finishes, t, side="right")
+        if i:
+            gaps.append((t - finishes[i - 1]) / np.timedelta64(1, "s"))
+    gap = float(np.median(gaps)) if args.gap is None and gaps else float(args.gap or 0.0)
+    durations = distinct.set_index("config_hash")["duration_s"].astype(float)
+    measured = durations + gap
     out = {"studies": len(names), "units_completed": int(len(distinct)),
            "units_not_completed": int((units.drop_duplicates("config_hash")["status"] != "completed").sum()),
            "suite_wall_s": round(wall, 1), "suite_wall_min": round(wall / 60, 1),
            "suite_unit_seconds": round(float(distinct["duration_s"].sum()), 1),
-           "slots": args.slots, "startup_per_stage_s": startup, "per_study": {}}
+           "slots": args.slots, "startup_per_stage_s": startup, "unit_gap_s": round(gap, 2),
+           "per_study": {}}
     # Stage depth of every unit: one stage after its deepest dependency (a unit's dependencies
     # are the same in every plan that holds it, and each plan lists them before their dependants).
     plans = [build_plan(study, Path("/nonexistent-artifacts")) for study in studies]
@@ -100,7 +118,7 @@ def main() -> None:
         alone = sum(x + startup for x in spans(hashes))
         out["per_study"][study.name] = {
             "units": len(plan.units), "units_without_a_measurement": sum(h not in measured.index for h in hashes),
-            "unit_seconds": round(float(sum(measured[h] for h in hashes if h in measured.index)), 1),
+            "unit_seconds": round(float(sum(durations[h] for h in hashes if h in durations.index)), 1),
             "standalone_s": round(alone, 1), "standalone_min": round(alone / 60, 1)}
     # The whole folder, replayed both ways from the same measured durations: one study after the
     # other (what `pdspace run <folder>` did before it merged studies; shared units run in the
