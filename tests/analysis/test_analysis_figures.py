@@ -87,3 +87,20 @@ def test_figures_from_a_synthetic_study(synth_results, tmp_path):
     assert (tmp_path / "fit_chinchilla.pdf").exists()
     d = F.figure3_data(run_scores(synth_results))
     assert list(d["top_k"]) == [1, 5, 20, 100] and (d["n"] == 3).all()
+
+
+def test_diverged_fit_curves_draw_without_numpy_warnings():
+    """A non-converged fit (e.g. three sizes, one seed) can overflow away from its data: the
+    figure leaves those points out and the user sees no RuntimeWarning (the suite run printed them)."""
+    import warnings
+
+    from analysis.scaling import ChinchillaFit, PowerLawFit
+
+    N, D, L = np.array([2e4, 2e4, 1.5e5, 1.5e5]), np.array([2e5, 4e5, 2e5, 4e5]), np.array([6.6, 6.1, 6.3, 5.5])
+    chin = ChinchillaFit("chinchilla", {"E": 1.0, "A": 1.0, "B": 1.0, "alpha": -80.0, "beta": 0.3},
+                         "not_converged: test", 0.0, 4, 1)
+    power = PowerLawFit("power_law", {"E": 1.0, "A": 1.0, "alpha": -80.0}, "not_converged: test", 0.0, 4, 1)
+    with np.errstate(all="warn"), warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        F.plot_chinchilla_fit(N, D, L, chin)
+        F.plot_power_law_fits([("PD", N, L, power)])
