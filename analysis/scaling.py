@@ -606,7 +606,7 @@ def fit_power_law(N, L, *, delta: float = 1e-3, bootstrap: int = 0, seed: int = 
     opt = _multistart(_obj_power, data, starts, delta)
 
     def to_params(t):
-        return {"E": math.exp(t[1]), "A": math.exp(t[0]), "alpha": float(t[2])}
+        return {"E": _exp(t[1]), "A": _exp(t[0]), "alpha": float(t[2])}
 
     samples, intervals = None, {}
     if bootstrap:
@@ -731,9 +731,15 @@ def _varpro_chinchilla(data, delta: float) -> _Optimum:
     return _Optimum(x=x, f=fv, status=status, ends=x[None, :])
 
 
+def _exp(v: float) -> float:
+    """exp of a log-space parameter; inf past float range (a diverged bootstrap refit can put a
+    log-coefficient beyond 709, where math.exp raises and would lose the whole fit)."""
+    return math.exp(v) if v < 709.0 else math.inf
+
+
 def _supervised_params(t) -> dict[str, float]:
     a, b, e, al, be, ga = (float(v) for v in t)
-    return {"E": math.exp(e), "A": math.exp(a), "B": math.exp(b), "alpha": al, "beta": be, "gamma": ga}
+    return {"E": _exp(e), "A": _exp(a), "B": _exp(b), "alpha": al, "beta": be, "gamma": ga}
 
 
 SUPERVISED_BOUNDS = [(None, None), (None, None), (None, None), (0.0, None), (0.0, None), (1e-3, None)]
@@ -768,8 +774,8 @@ def fit_supervised_law(N, D, L, *, delta: float = 1e-4, bootstrap: int = 0, seed
 
 def _distillation_params(t) -> dict[str, float]:
     a, b, al, be, ga, c0, c1, f1, ld1 = (float(v) for v in t)
-    return {"A": math.exp(a), "B": math.exp(b), "alpha": al, "beta": be, "gamma": ga,
-            "c0": c0, "c1": c1, "f1": f1, "d1": math.exp(ld1)}
+    return {"A": _exp(a), "B": _exp(b), "alpha": al, "beta": be, "gamma": ga,
+            "c0": c0, "c1": c1, "f1": f1, "d1": _exp(ld1)}
 
 
 DISTILLATION_BOUNDS = [(None, None), (None, None), (0.0, None), (0.0, None), (1e-3, None),

@@ -183,3 +183,15 @@ def test_unknown_method_and_flat_data():
     # constant losses are representable (A, B -> 0): a fit, not a crash
     fit = S.fit_power_law(np.geomspace(1e6, 1e9, 6), np.full(6, 2.5))
     assert fit.predict(1e7) == pytest.approx(2.5, rel=1e-3)
+
+
+def test_log_space_params_past_float_range_are_inf_not_an_error():
+    """A diverged bootstrap refit can leave a log-coefficient beyond 709; math.exp raised
+    OverflowError there and the report lost the whole fit ("Not fitted: math range error" on the
+    mini suite's distillation_law study)."""
+    from analysis.scaling import _distillation_params, _supervised_params
+
+    sup = _supervised_params([800.0, 1.0, 0.0, 0.5, 0.4, 1.0])
+    assert sup["A"] == float("inf") and sup["B"] == pytest.approx(np.e) and sup["E"] == 1.0
+    dis = _distillation_params([1.0, 900.0, 0.5, 0.4, 1.0, 0.0, 1.0, 0.1, 750.0])
+    assert dis["B"] == float("inf") and dis["d1"] == float("inf") and dis["A"] == pytest.approx(np.e)
