@@ -600,14 +600,6 @@ def plot_loss_curves(curves: pd.DataFrame, *, title: str = "Held-out loss during
     return fig
 
 
-def _curve(predict, *args):
-    """A fitted law's curve for drawing. A fit that did not converge (few points: e.g. one seed at
-    three sizes) can overflow away from its data; those points are inf/NaN, which matplotlib leaves
-    out, so numpy's overflow warnings are not shown to the user."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return predict(*args)
-
-
 @_styled
 def plot_power_law_fits(fits: Sequence[tuple[str, np.ndarray, np.ndarray, PowerLawFit]], *,
                         extrapolate: float = 10.0, title: str = "Final loss vs student size") -> Figure:
@@ -624,9 +616,9 @@ def plot_power_law_fits(fits: Sequence[tuple[str, np.ndarray, np.ndarray, PowerL
         grid_in = np.geomspace(N.min(), N.max(), 100)
         grid_out = np.geomspace(N.max(), N.max() * extrapolate, 50)
         p = fit.params
-        ax.plot(grid_in, _curve(fit.predict, grid_in), color=color, linewidth=1.4,
+        ax.plot(grid_in, fit.predict(grid_in), color=color, linewidth=1.4,
                 label=f"{label}: {p['E']:.3g} + {p['A']:.3g}·N^(−{p['alpha']:.3g})")
-        ax.plot(grid_out, _curve(fit.predict, grid_out), color=color, linewidth=1.2, linestyle="--")
+        ax.plot(grid_out, fit.predict(grid_out), color=color, linewidth=1.2, linestyle="--")
         if fit.samples is not None:
             g = np.concatenate([grid_in, grid_out])
             lo, hi = fit.predict_interval(g)
@@ -656,8 +648,8 @@ def plot_chinchilla_fit(N, D, L, fit: ChinchillaFit, *, extrapolate: float = 10.
         ax.scatter(D[m], L[m], s=12, color=color, zorder=3, label=f"N = {n:.3g}")
         d_in = np.geomspace(D[m].min(), D[m].max(), 60)
         d_out = np.geomspace(D[m].max(), D[m].max() * extrapolate, 30)
-        ax.plot(d_in, _curve(fit.predict, n, d_in), color=color, linewidth=1.2)
-        ax.plot(d_out, _curve(fit.predict, n, d_out), color=color, linewidth=1.0, linestyle="--")
+        ax.plot(d_in, fit.predict(n, d_in), color=color, linewidth=1.2)
+        ax.plot(d_out, fit.predict(n, d_out), color=color, linewidth=1.0, linestyle="--")
         if fit.samples is not None:
             g = np.concatenate([d_in, d_out])
             lo, hi = fit.predict_interval(n, g)

@@ -162,7 +162,8 @@ class FitResult:
 class PowerLawFit(FitResult):
     def predict(self, N):
         """L at N (any array shape)."""
-        return power_law(N, **self.params)
+        with _diverged_draws_quiet():
+            return power_law(N, **self.params)
 
     def predict_interval(self, N, ci: float | None = None):
         return self._band(lambda p: power_law(N, **p), ci)
@@ -172,7 +173,8 @@ class PowerLawFit(FitResult):
 class ChinchillaFit(FitResult):
     def predict(self, N, D):
         """L at (N, D), broadcast."""
-        return chinchilla_law(N, D, **self.params)
+        with _diverged_draws_quiet():
+            return chinchilla_law(N, D, **self.params)
 
     def predict_interval(self, N, D, ci: float | None = None):
         return self._band(lambda p: chinchilla_law(N, D, **p), ci)
@@ -185,7 +187,8 @@ class ChinchillaFit(FitResult):
 @dataclass(frozen=True)
 class SupervisedLawFit(FitResult):
     def predict(self, N, D):
-        return supervised_law(N, D, **self.params)
+        with _diverged_draws_quiet():
+            return supervised_law(N, D, **self.params)
 
     def predict_interval(self, N, D, ci: float | None = None):
         return self._band(lambda p: supervised_law(N, D, **p), ci)
@@ -199,8 +202,9 @@ class DistillationLawFit(FitResult):
 
     def predict(self, N_S, D_S, L_T):
         """The distilled student's loss L_S for student size N_S, tokens D_S, teacher loss L_T."""
-        L_tilde = supervised_law(N_S, D_S, **self.supervised)
-        return distillation_law(N_S, D_S, L_T, L_tilde, **self.params)
+        with _diverged_draws_quiet():
+            L_tilde = supervised_law(N_S, D_S, **self.supervised)
+            return distillation_law(N_S, D_S, L_T, L_tilde, **self.params)
 
     def predict_interval(self, N_S, D_S, L_T, ci: float | None = None):
         L_tilde = supervised_law(N_S, D_S, **self.supervised)
@@ -549,8 +553,9 @@ def _bootstrap(obj, data, x_best: np.ndarray, ends: np.ndarray, delta: float, n_
 @contextlib.contextmanager
 def _diverged_draws_quiet():
     """A bootstrap refit of a poorly identified law can diverge to inf (or NaN for every draw of a
-    parameter): the percentile interval is then inf or NaN, which the report prints and flags. Keep
-    numpy's arithmetic warnings about those draws off the user's terminal."""
+    parameter): the percentile interval is then inf or NaN, which the report prints and flags; a
+    non-converged fit's predictions overflow away from its data. Keep numpy's arithmetic warnings
+    about those off the user's terminal (predictions, bands and fits all go through here)."""
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         yield
