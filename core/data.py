@@ -17,7 +17,6 @@ sources), so it never changes between runs, machines or corpus subsets.
 """
 from __future__ import annotations
 
-import dataclasses
 import glob
 import hashlib
 import json
@@ -30,13 +29,14 @@ import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
 
+from core.config import DataSpec
+from core.settings import identity_dict
 from core.utils import DATA_FORMAT_VERSION, artifacts_root, atomic_write_text, file_sha256, stable_hash
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,6 @@ FORMAT_VERSION = DATA_FORMAT_VERSION  # 2: documents packed in a hash-shuffled o
 BUILTIN_SOURCES = ("builtin:python-stdlib",)
 EOS_TOKEN = "<|endoftext|>"
 SPECIAL_TOKENS = (EOS_TOKEN,)
-MIN_SEQ_LEN = 8
 SPLITS = ("train", "val")
 _SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val"}
 _RECORD_SUFFIXES = (".jsonl", ".parquet")
@@ -56,102 +55,27 @@ _SKIP_DIRS = {"site-packages", "dist-packages", "__pycache__"}
 _ENCODE_BATCH_CHARS = 8 << 20
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+def corpus_fingerprint(spec: DataSpec) -> dict[str, Any]:
+    """Content fingerprint of a spec's (capped) corpus; ``sha256`` is its stable part."""
+    return _open_corpus(spec).fingerprint()
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """What to build: a corpus, a tokenizer and a sequence length.
+def external_tokenizer_hash(name_or_path: str) -> str:
+    """tokenizer_hash of an external tokenizer (a HF dir or hub id)."""
+    return tokenizer_hash(_load_external_tokenizer(name_or_path))
 
-    Two specs with the same fields over the same corpus content have the same ``hash`` and share
-    one artifact.
-    """
 
-    source: str = "builtin:python-stdlib"
-    """``builtin:python-stdlib`` (every .py file of the running Python's standard library), a local
-    file, directory or glob (.txt and other text files are one document each; .jsonl and .parquet
-    hold one document per record), or ``hf:<name>[:<config>]`` for a Hugging Face dataset (hub id or
-    local directory; its ``train`` split, or its only split)."""
-    text_field: str = "text"
-    """Field holding a record's text (JSONL, Parquet, Hugging Face datasets)."""
-    tokenizer: str | None = None
-    """None trains a byte-level BPE on the train split; otherwise a HF tokenizer dir or hub id."""
-    vocab_size: int = 4096
-    """Vocabulary of a trained tokenizer, special tokens included (ignored with ``tokenizer``)."""
-    seq_len: int = 128
-    """T, tokens per training sequence (inputs); each sequence reads T + 1 stream tokens."""
-    val_fraction: float = 0.02
-    """Expected fraction of documents held out for validation, in (0, 1)."""
-    max_train_tokens: int | None = None
-    """Cap on training targets: the train stream keeps at most max_train_tokens + 1 tokens."""
-    max_documents: int | None = None
-    """Use only the first N non-empty documents in corpus order (small test corpora)."""
-    max_corpus_bytes: int | None = None
-    """Use only the leading documents whose sizes (file bytes, or UTF-8 bytes of a record) sum to at
-    most this; the first document is always kept."""
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError(f"source must be a non-empty string, got {self.source!r}")
-        if not isinstance(self.text_field, str) or not self.text_field:
-            raise ValueError(f"text_field must be a non-empty string, got {self.text_field!r}")
-        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer):
-            raise ValueError(f"tokenizer must be None or a non-empty string, got {self.tokenizer!r}")
-        if not _is_int(self.seq_len) or self.seq_len < MIN_SEQ_LEN:
-            raise ValueError(
-                f"seq_len must be an integer of at least {MIN_SEQ_LEN} tokens, got {self.seq_len!r}"
-            )
-        min_vocab = 256 + len(SPECIAL_TOKENS)
-        if not _is_int(self.vocab_size) or self.vocab_size < min_vocab:
-            raise ValueError(
-                f"vocab_size must be an integer of at least {min_vocab} (256 byte tokens plus "
-                f"{len(SPECIAL_TOKENS)} special token), got {self.vocab_size!r}"
-            )
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
-                or not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be a number in (0, 1), got {self.val_fraction!r}")
-        for name in ("max_train_tokens", "max_documents", "max_corpus_bytes"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"{name} must be None or a positive integer, got {value!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
-        """Strict constructor: an unknown key is an error that names it."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ValueError(f"unknown DataSpec field(s) {unknown}; expected some of {names}")
-        return cls(**d)
-
-    @cached_property
-    def corpus_fingerprint(self) -> dict[str, Any]:
-        """Content fingerprint of the (capped) corpus; ``sha256`` is its stable part."""
-        return _open_corpus(self).fingerprint()
-
-    @cached_property
-    def tokenizer_fingerprint(self) -> str | None:
-        """tokenizer_hash of the external tokenizer, None when one is trained."""
-        if self.tokenizer is None:
-            return None
-        return tokenizer_hash(_load_external_tokenizer(self.tokenizer))
-
-    @property
-    def hash(self) -> str:
-        """Content hash of the spec, the corpus content and the external tokenizer (16 hex)."""
-        fields = self.to_dict()
-        if self.tokenizer is not None:
-            fields["vocab_size"] = None  # the external tokenizer fixes it
-        return stable_hash({
-            "format_version": FORMAT_VERSION,
-            "spec": fields,
-            "corpus": self.corpus_fingerprint["sha256"],
-            "tokenizer": self.tokenizer_fingerprint,
-        })
+def data_hash(spec: DataSpec) -> str:
+    """Content hash of the spec, the corpus content and the external tokenizer (16 hex)."""
+    fields = identity_dict(spec)
+    if spec.tokenizer is not None:
+        fields["vocab_size"] = None  # the external tokenizer fixes it
+    return stable_hash({
+        "format_version": FORMAT_VERSION,
+        "spec": fields,
+        "corpus": spec.corpus_fingerprint["sha256"],
+        "tokenizer": spec.tokenizer_fingerprint,
+    })
 
 
 # ---------------------------------------------------------------------------------------------

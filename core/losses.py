@@ -52,97 +52,15 @@ unavoidable: the student's normaliser changes with tau_s.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
+from core.config import ADAPTIVE_METHODS, KD_KINDS, NORMALIZATIONS, KDConfig  # noqa: F401 - re-exported
 from core.types import SparseTeacherBatch, format_gamma
 
-KD_KINDS = ("nll", "kld", "mse", "reverse_kld", "jsd", "tvd")
-NORMALIZATIONS = ("renormalize", "tail")
-ADAPTIVE_METHODS = ("normkd", "wttm", "adakd_sd", "adakd_h")
-
 _LOG2 = math.log(2.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# Config
-
-
-@dataclass(frozen=True)
-class KDConfig:
-    """How the KD term is computed. Recorded with every run (``dataclasses.asdict``)."""
-
-    kind: str = "kld"
-    """Divergence: one of KD_KINDS (see the module docstring for each formula)."""
-    temperature: float = 1.0
-    """Teacher temperature tau (divides the kept teacher log-probs). For adakd_sd it is tau_base."""
-    student_temperature: float = 1.0
-    """Student temperature tau_s (divides the student's logits); 1.0 reuses the LM log-softmax."""
-    normalization: str = "renormalize"
-    """"renormalize" (the paper) or "tail" (dropped mass kept as one bucket on both sides)."""
-    adaptive: str | None = None
-    """None (static tau) or one of ADAPTIVE_METHODS: per-position temperatures, see
-    ``adaptive_kd_loss``. They need the teacher's full-distribution stats (SparseTeacherBatch.stats)."""
-    t_norm: float = 2.0
-    """NormKD: tau_T = t_norm * std(z_T), tau_S = t_norm * std(z_S) (official default 2.0)."""
-    wttm_gamma: float = 0.8
-    """WTTM: teacher power gamma (p_hat = p^gamma / sum p^gamma; needs stats['log_u_<gamma>'])."""
-    wttm_beta: float = 1.0
-    """WTTM: weight beta of the KD term beta * U_gamma * KL(p_hat || q)."""
-    adakd_tau_min: float = 0.5
-    """AdaKD_SD / AdaKD_H: lower clip of the per-position temperature."""
-    adakd_tau_max: float = 2.0
-    """AdaKD_SD / AdaKD_H: upper clip of the per-position temperature."""
-    adakd_sd_ref: float | None = None
-    """AdaKD_SD: reference logit std s_ref; None = mean std over the micro-batch's positions
-    (then the loss depends slightly on how a batch is split into micro-batches)."""
-    scale_by_temperature_sq: bool = False
-    """Multiply the KD term by tau^2 (Hinton); static tau and adakd_* only (NormKD always has its
-    tau_T^2 factor, WTTM never has one)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in KD_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(KD_KINDS)}; got {self.kind!r}")
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}"
-            )
-        if self.adaptive is not None and self.adaptive not in ADAPTIVE_METHODS:
-            raise ValueError(
-                f"adaptive must be None or one of {', '.join(ADAPTIVE_METHODS)}; got {self.adaptive!r}"
-            )
-        for name in ("temperature", "student_temperature", "t_norm", "wttm_gamma", "adakd_tau_min"):
-            _check_positive(name, getattr(self, name))
-        if not (math.isfinite(self.wttm_beta) and self.wttm_beta >= 0):
-            raise ValueError(f"wttm_beta must be >= 0, got {self.wttm_beta}")
-        if not self.adakd_tau_max >= self.adakd_tau_min:
-            raise ValueError(
-                f"adakd_tau_max must be >= adakd_tau_min ({self.adakd_tau_min}), got {self.adakd_tau_max}"
-            )
-        if self.adakd_sd_ref is not None:
-            _check_positive("adakd_sd_ref", self.adakd_sd_ref)
-        # Refuse settings an adaptive method would silently ignore.
-        if self.adaptive in ("normkd", "wttm", "adakd_h") and self.temperature != 1.0:
-            raise ValueError(
-                f"temperature is not used with adaptive={self.adaptive!r} (it sets its own); "
-                f"leave it at 1.0, got {self.temperature}"
-            )
-        if self.adaptive in ("normkd", "wttm") and self.student_temperature != 1.0:
-            raise ValueError(
-                f"student_temperature is not used with adaptive={self.adaptive!r}; "
-                f"leave it at 1.0, got {self.student_temperature}"
-            )
-        if self.adaptive in ("normkd", "wttm") and self.scale_by_temperature_sq:
-            raise ValueError(
-                f"scale_by_temperature_sq does not apply to adaptive={self.adaptive!r} "
-                "(NormKD always has its tau_T^2 factor, WTTM has none); leave it False"
-            )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -488,7 +406,22 @@ def _stat(teacher: SparseTeacherBatch, key: str, method: str) -> torch.Tensor:
     return stat.to(_float_dtype(stat))
 
 
-def adakd_temperature(teacher: SparseTeacherBatch, kd: KDConfig, vocab_size: int) -> torch.Tensor:
+def adakd_sd_reference(teacher: SparseTeacherBatch) -> torch.Tensor:
+    """AdaKD_SD's default s_ref (0-d tensor): mean of stats["std"] over positions with a kept entry.
+
+    A batch-level statistic (every other part of the loss is per position): to evaluate a batch in
+    pieces with the whole batch's reference, compute it once here and pass it to
+    ``distillation_loss(..., adakd_sd_batch_ref=...)`` (core.fused_loss does, per row chunk).
+    """
+    s = _stat(teacher, "std", "adakd_sd")
+    has = (teacher.logprobs > float("-inf")).any(-1).to(s.dtype)
+    return (s * has).sum() / has.sum().clamp_min(1.0)
+
+
+def adakd_temperature(
+    teacher: SparseTeacherBatch, kd: KDConfig, vocab_size: int,
+    adakd_sd_batch_ref: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-position teacher temperature (B, T) of AdaKD_SD / AdaKD_H (our definitions).
 
     No published definition of these methods was found (PAPER.md), so pdspace defines them, in
@@ -496,7 +429,8 @@ def adakd_temperature(teacher: SparseTeacherBatch, kd: KDConfig, vocab_size: int
 
     - adakd_sd: tau = clip(temperature * s / s_ref, adakd_tau_min, adakd_tau_max), with s the std
       of the teacher's full-vocabulary logits (stats["std"]) and s_ref = adakd_sd_ref, or the mean
-      of s over the batch's positions with any kept entry when None. Dividing the logits by tau
+      of s over the batch's positions with any kept entry when None (``adakd_sd_reference``;
+      ``adakd_sd_batch_ref``, if given, replaces that mean). Dividing the logits by tau
       standardises their spread: z / tau = (z / s) * (s_ref / temperature).
     - adakd_h: tau = clip(adakd_tau_max - (adakd_tau_max - adakd_tau_min) * H / log V, min, max),
       with H the teacher's full-distribution entropy in nats (stats["entropy"]): a one-hot teacher
@@ -506,9 +440,10 @@ def adakd_temperature(teacher: SparseTeacherBatch, kd: KDConfig, vocab_size: int
         s = _stat(teacher, "std", kd.adaptive)
         if kd.adakd_sd_ref is not None:
             s_ref = torch.as_tensor(kd.adakd_sd_ref, dtype=s.dtype, device=s.device)
+        elif adakd_sd_batch_ref is not None:
+            s_ref = adakd_sd_batch_ref.to(s.dtype)
         else:
-            has = (teacher.logprobs > float("-inf")).any(-1).to(s.dtype)
-            s_ref = (s * has).sum() / has.sum().clamp_min(1.0)
+            s_ref = adakd_sd_reference(teacher)
         tau = kd.temperature * s / s_ref.clamp_min(1e-12)
     elif kd.adaptive == "adakd_h":
         h = _stat(teacher, "entropy", kd.adaptive)
@@ -558,6 +493,7 @@ def _adaptive_term(
     teacher: SparseTeacherBatch,
     kd: KDConfig,
     s_logq: torch.Tensor | None,
+    adakd_sd_batch_ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """adaptive_kd_loss given the student's gathered log-probs (None for normkd, which makes its own)."""
 
@@ -580,7 +516,7 @@ def _adaptive_term(
             div = _divergence(kd.kind, buckets[..., :-1], buckets[..., -1], s_logq, valid)
         return kd.wttm_beta * log_u.exp() * div
     # adakd_sd, adakd_h
-    tau = adakd_temperature(teacher, kd, student_logits.shape[-1])
+    tau = adakd_temperature(teacher, kd, student_logits.shape[-1], adakd_sd_batch_ref)
     div = _sparse_kd(kd.kind, teacher.logprobs, tau, kd.normalization, s_logq)
     return tau.square() * div if kd.scale_by_temperature_sq else div
 
@@ -616,6 +552,7 @@ def distillation_loss(
     *,
     num_tokens: int | float | torch.Tensor | None = None,
     ignore_index: int = -100,
+    adakd_sd_batch_ref: torch.Tensor | None = None,
 ) -> LossParts:
     """L = ((1 - alpha) * sum LM + alpha * sum KD) / N over non-ignored positions.
 
@@ -626,6 +563,9 @@ def distillation_loss(
     num_tokens: the normaliser N; default this micro-batch's non-ignored positions. With gradient
     accumulation pass the GLOBAL token count of the optimizer step, so that the sum of the
     micro-batches' losses equals the loss of the whole batch (one global normaliser).
+    adakd_sd_batch_ref: 0-d tensor, AdaKD_SD's s_ref when kd.adakd_sd_ref is None (default: over
+    these positions, ``adakd_sd_reference``); lets a batch evaluated in pieces use the whole
+    batch's reference (core.fused_loss). Ignored by every other setting.
     The student's log-softmax is computed once (float32) and shared by both terms; it is fused
     with the gathers, so no (B, T, V) log-probability tensor is kept.
     """
@@ -652,7 +592,7 @@ def distillation_loss(
     if kd.adaptive is not None:
         if s_logq is None and kd.adaptive != "normkd":
             s_logq = _gathered_student(student_logits, teacher.indices, kd.student_temperature, None)
-        kd_pos = _adaptive_term(student_logits, teacher, kd, s_logq)
+        kd_pos = _adaptive_term(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref)
     else:
         if s_logq is None:
             s_logq = _gathered_student(student_logits, teacher.indices, kd.student_temperature, None)

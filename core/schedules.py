@@ -41,19 +41,24 @@ and alpha_min the low value:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Annotated, Literal
 
-LR_KINDS = ("constant", "cosine", "wsd")
-ALPHA_KINDS = ("constant", "linear_inc", "linear_dec", "period", "wsd_alpha", "wsd_beta")
-DECAY_SHAPES = ("linear", "cosine")
-PERIOD_SHAPES = ("square", "triangle")
+from annotated_types import Ge, Le
 
+from core.settings import ConfigError, check_fields, setting
 
-def _check_frac(name: str, value: float | None, *, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
+UnitFloat = Annotated[float, Ge(0), Le(1)]
+NonNegInt = Annotated[int, Ge(0)]
+LRKind = Literal["cosine", "wsd", "constant"]
+AlphaKind = Literal["constant", "linear_inc", "linear_dec", "period", "wsd_alpha", "wsd_beta"]
+LR_KINDS: tuple[str, ...] = LRKind.__args__
+ALPHA_KINDS: tuple[str, ...] = AlphaKind.__args__
+
+DEFAULT_WARMUP_FRAC = 0.05
+"""LR warm-up when neither warmup_frac nor warmup_steps is given."""
+DEFAULT_DECAY_FRAC = 0.1
+"""WSD decay (LR and α) when neither stable_frac nor decay_frac is given."""
 
 
 def _check_step(step: int, total_steps: int) -> None:
@@ -82,19 +87,15 @@ def _wsd_phases(
 ) -> int:
     """First step of the decay phase, from either decay_frac or stable_frac (not both)."""
     if stable_frac is not None and decay_frac is not None:
-        raise ValueError(
-            f"give either stable_frac ({stable_frac}) or decay_frac ({decay_frac}), not both: "
-            "the stable phase is what warm-up and decay leave"
-        )
+        raise ConfigError("", f"set stable_frac ({stable_frac}) or decay_frac ({decay_frac}), not both: "
+                              "the stable phase is what warm-up and decay leave")
     if stable_frac is not None:
         decay_start = warmup_steps + round(stable_frac * total_steps)
     else:
-        decay_start = total_steps - round((0.1 if decay_frac is None else decay_frac) * total_steps)
+        decay_start = total_steps - round((DEFAULT_DECAY_FRAC if decay_frac is None else decay_frac) * total_steps)
     if decay_start < warmup_steps or decay_start > total_steps:
-        raise ValueError(
-            f"warm-up ({warmup_steps} steps) and decay do not fit in {total_steps} steps "
-            f"(decay would start at step {decay_start})"
-        )
+        raise ConfigError("", f"warm-up ({warmup_steps} steps) and decay do not fit in the run's {total_steps} "
+                              f"steps (decay would start at step {decay_start})")
     return decay_start
 
 
@@ -118,9 +119,9 @@ def lr_multiplier(
     min_ratio: the final multiplier of cosine and wsd. decay_shape: wsd's decay, linear | cosine.
     """
     _check_step(step, total_steps)
-    if kind not in LR_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(LR_KINDS)}; got {kind!r}")
-    _check_lr_params(warmup_steps, warmup_frac, stable_frac, decay_frac, min_ratio, decay_shape)
+    # The settings' rules are LRScheduleConfig's (a ConfigError, a ValueError, names the field).
+    LRScheduleConfig(kind=kind, warmup_steps=warmup_steps, warmup_frac=warmup_frac, stable_frac=stable_frac,
+                     decay_frac=decay_frac, min_ratio=min_ratio, decay_shape=decay_shape)
     warmup = round(warmup_frac * total_steps) if warmup_frac is not None else warmup_steps
     if total_steps == 1:
         warmup = 0  # a one-step run has nothing to warm up
@@ -142,25 +143,12 @@ def lr_multiplier(
     return min_ratio + (1.0 - min_ratio) * _decay_value(x, decay_shape)
 
 
-def _check_lr_params(warmup_steps, warmup_frac, stable_frac, decay_frac, min_ratio, decay_shape) -> None:
-    if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
-        raise ValueError(f"warmup_steps must be an int >= 0, got {warmup_steps!r}")
-    if warmup_frac is not None and warmup_steps:
-        raise ValueError(f"give either warmup_steps ({warmup_steps}) or warmup_frac ({warmup_frac}), not both")
-    _check_frac("warmup_frac", warmup_frac)
-    _check_frac("stable_frac", stable_frac)
-    _check_frac("decay_frac", decay_frac)
-    _check_frac("min_ratio", min_ratio, allow_none=False)
-    if decay_shape not in DECAY_SHAPES:
-        raise ValueError(f"decay_shape must be one of {', '.join(DECAY_SHAPES)}; got {decay_shape!r}")
-
-
 def alpha_at(
     step: int,
     total_steps: int,
     *,
-    kind: str = "constant",
-    alpha: float = 1.0,
+    kind: str,
+    alpha: float,
     alpha_min: float = 0.0,
     period_steps: int | None = None,
     period_shape: str = "square",
@@ -176,7 +164,9 @@ def alpha_at(
     (default 0.1), or, given stable_frac instead, a stable phase of stable_frac of the steps.
     """
     _check_step(step, total_steps)
-    _check_alpha_params(kind, alpha, alpha_min, period_steps, period_shape, warmup_frac, stable_frac, decay_frac)
+    AlphaScheduleConfig(kind=kind, alpha=alpha, alpha_min=alpha_min, period_steps=period_steps,
+                        period_shape=period_shape, warmup_frac=warmup_frac, stable_frac=stable_frac,
+                        decay_frac=decay_frac)
     last = total_steps - 1
     if kind == "constant":
         return float(alpha)
@@ -204,88 +194,122 @@ def alpha_at(
     return 1.0 - (beta_min + (beta_max - beta_min) * f)
 
 
-def _check_alpha_params(kind, alpha, alpha_min, period_steps, period_shape, warmup_frac, stable_frac, decay_frac) -> None:
-    if kind not in ALPHA_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(ALPHA_KINDS)}; got {kind!r}")
-    _check_frac("alpha", alpha, allow_none=False)
-    _check_frac("alpha_min", alpha_min, allow_none=False)
-    if kind != "constant" and alpha_min > alpha:
-        raise ValueError(f"alpha_min ({alpha_min}) must be <= alpha ({alpha})")
-    if kind == "period":
-        if not (isinstance(period_steps, int) and period_steps >= 2):
-            raise ValueError(f"period_steps must be an int >= 2 for kind 'period', got {period_steps!r}")
-    elif period_steps is not None:
-        raise ValueError(f"period_steps is only used by kind 'period', got kind {kind!r}")
-    if period_shape not in PERIOD_SHAPES:
-        raise ValueError(f"period_shape must be one of {', '.join(PERIOD_SHAPES)}; got {period_shape!r}")
-    _check_frac("warmup_frac", warmup_frac, allow_none=False)
-    _check_frac("stable_frac", stable_frac)
-    _check_frac("decay_frac", decay_frac)
-    if stable_frac is not None and decay_frac is not None:
-        raise ValueError(f"give either stable_frac ({stable_frac}) or decay_frac ({decay_frac}), not both")
-
-
 @dataclass(frozen=True)
 class LRScheduleConfig:
-    """LR schedule; ``.at(step, total_steps)`` is the multiplier of the peak LR (lr_multiplier)."""
+    """Learning-rate schedule: linear warm-up, then cosine to min_ratio, warm-up-stable-decay, or
+    constant; ``.at(step, total_steps)`` is the multiplier of the peak LR (lr_multiplier)."""
 
-    kind: str = "cosine"
-    """constant | cosine | wsd."""
-    warmup_steps: int = 0
-    """Linear warm-up length in steps (or use warmup_frac)."""
-    warmup_frac: float | None = None
-    """Linear warm-up length as a fraction of the run's steps (instead of warmup_steps)."""
-    stable_frac: float | None = None
-    """wsd: stable phase as a fraction of the steps (instead of decay_frac)."""
-    decay_frac: float | None = None
-    """wsd: decay phase as a fraction of the steps; default 0.1."""
-    min_ratio: float = 0.1
-    """Final multiplier of cosine and wsd."""
-    decay_shape: str = "linear"
-    """wsd decay: linear | cosine."""
+    kind: LRKind = setting("cosine", since=1)
+    """cosine: decay to min_ratio; wsd: stable at the peak, then decay to min_ratio over the last
+    decay_frac; constant: the peak after warm-up."""
+    warmup_frac: UnitFloat | None = setting(None, since=1)
+    """Warm-up as a fraction of the run's steps; None: 0.05, unless warmup_steps is given."""
+    warmup_steps: NonNegInt | None = setting(None, since=1)
+    """Warm-up in optimizer steps (instead of warmup_frac)."""
+    stable_frac: UnitFloat | None = setting(None, since=1)
+    """wsd: fraction of the steps at the peak after warm-up (instead of decay_frac)."""
+    decay_frac: UnitFloat | None = setting(None, since=1)
+    """wsd: fraction of the steps spent decaying; None: 0.1, unless stable_frac is given."""
+    min_ratio: UnitFloat = setting(0.1, since=1)
+    """Final LR as a fraction of the peak (cosine and wsd)."""
+    decay_shape: Literal["linear", "cosine"] = setting("linear", since=1)
+    """wsd: shape of the decay."""
 
     def __post_init__(self) -> None:
-        if self.kind not in LR_KINDS:
-            raise ValueError(f"kind must be one of {', '.join(LR_KINDS)}; got {self.kind!r}")
-        _check_lr_params(
-            self.warmup_steps, self.warmup_frac, self.stable_frac, self.decay_frac, self.min_ratio,
-            self.decay_shape,
-        )
+        check_fields(self)
+        if self.warmup_frac is not None and self.warmup_steps:
+            raise ConfigError("", "set warmup_frac or warmup_steps, not both")
+        if self.stable_frac is not None and self.decay_frac is not None:
+            raise ConfigError("", "set stable_frac or decay_frac, not both (the stable phase is what "
+                                  "warm-up and decay leave)")
+
+    def resolved(self) -> "LRScheduleConfig":
+        """The defaults that depend on other fields filled in (warm-up, WSD decay)."""
+        warmup_steps, warmup_frac = self.warmup_steps, self.warmup_frac
+        if warmup_steps is None:
+            warmup_steps = 0
+            if warmup_frac is None:
+                warmup_frac = DEFAULT_WARMUP_FRAC
+        decay_frac = self.decay_frac
+        if self.stable_frac is None and decay_frac is None:
+            decay_frac = DEFAULT_DECAY_FRAC
+        return replace(self, warmup_steps=warmup_steps, warmup_frac=warmup_frac, decay_frac=decay_frac)
+
+    def warmup(self, total_steps: int) -> tuple[int, str]:
+        """(warm-up steps, the field that set them) in a run of ``total_steps``."""
+        r = self.resolved()
+        if r.warmup_frac is not None:
+            return round(r.warmup_frac * total_steps), "warmup_frac"
+        return r.warmup_steps, "warmup_steps"
+
+    def check_fits(self, total_steps: int) -> None:
+        """ConfigError unless warm-up (and a WSD decay) fit in a run of ``total_steps``."""
+        warmup, field = self.warmup(total_steps)
+        if total_steps > 1 and warmup >= total_steps:
+            raise ConfigError(field, f"warm-up ({warmup} steps) must be shorter than the run "
+                                     f"({total_steps} steps)")
+        if self.kind == "wsd":
+            _wsd_phases(total_steps, warmup, self.stable_frac, self.decay_frac)
 
     def at(self, step: int, total_steps: int) -> float:
+        r = self.resolved()
         return lr_multiplier(
-            step, total_steps, kind=self.kind, warmup_steps=self.warmup_steps,
-            warmup_frac=self.warmup_frac, stable_frac=self.stable_frac, decay_frac=self.decay_frac,
-            min_ratio=self.min_ratio, decay_shape=self.decay_shape,
+            step, total_steps, kind=r.kind, warmup_steps=r.warmup_steps,
+            warmup_frac=r.warmup_frac, stable_frac=r.stable_frac, decay_frac=r.decay_frac,
+            min_ratio=r.min_ratio, decay_shape=r.decay_shape,
         )
 
 
 @dataclass(frozen=True)
 class AlphaScheduleConfig:
-    """KD-weight schedule; ``.at(step, total_steps)`` is alpha (alpha_at)."""
+    """The KD share α of L = (1-α)·L_lm + α·L_kd over training (the module docstring has the
+    exact shapes); α stays within [alpha_min, alpha]. ``.at(step, total_steps)`` is α (alpha_at).
+    A plain number in a study (`alpha: 0.9`) means `{kind: constant, alpha: 0.9}`."""
 
-    kind: str = "constant"
-    """constant | linear_inc | linear_dec | period | wsd_alpha | wsd_beta."""
-    alpha: float = 1.0
-    """The high value (constant's value)."""
-    alpha_min: float = 0.0
+    kind: AlphaKind = setting("constant", since=1)
+    """constant: α = alpha; linear_inc: alpha_min -> alpha; linear_dec: alpha -> alpha_min;
+    period: a wave of period_steps between alpha and alpha_min (KD first); wsd_alpha: warm-up
+    alpha_min -> alpha, stable, decay to alpha_min; wsd_beta: the same shape on β = 1 - α."""
+    alpha: UnitFloat = setting(0.9, since=1)
+    """The high KD share (the only value of kind constant)."""
+    alpha_min: UnitFloat = setting(0.0, since=1)
     """The low value of the non-constant kinds."""
-    period_steps: int | None = None
-    """period: steps per period (>= 2)."""
-    period_shape: str = "square"
-    """period: square (alpha then alpha_min, half a period each) | triangle."""
-    warmup_frac: float = 0.1
+    period_steps: Annotated[int, Ge(2)] | None = setting(None, since=1)
+    """period: steps per period (required there, refused elsewhere)."""
+    period_shape: Literal["square", "triangle"] = setting("square", since=1)
+    """period: square (alpha, then alpha_min, half a period each) or triangle."""
+    warmup_frac: UnitFloat = setting(0.1, since=1)
     """wsd_alpha / wsd_beta: warm-up fraction of the steps."""
-    stable_frac: float | None = None
+    stable_frac: UnitFloat | None = setting(None, since=1)
     """wsd_alpha / wsd_beta: stable fraction (instead of decay_frac)."""
-    decay_frac: float | None = None
-    """wsd_alpha / wsd_beta: decay fraction; default 0.1."""
+    decay_frac: UnitFloat | None = setting(None, since=1)
+    """wsd_alpha / wsd_beta: decay fraction; None: 0.1, unless stable_frac is given."""
 
     def __post_init__(self) -> None:
-        _check_alpha_params(
-            self.kind, self.alpha, self.alpha_min, self.period_steps, self.period_shape,
-            self.warmup_frac, self.stable_frac, self.decay_frac,
-        )
+        check_fields(self)
+        if self.kind != "constant" and self.alpha_min > self.alpha:
+            raise ConfigError("alpha_min", f"must be <= alpha ({self.alpha:g}), got {self.alpha_min:g}")
+        if self.kind == "period" and self.period_steps is None:
+            raise ConfigError("period_steps", "is required for kind period")
+        if self.kind != "period" and self.period_steps is not None:
+            raise ConfigError("period_steps", f"is only used by kind period (got kind {self.kind})")
+        if self.stable_frac is not None and self.decay_frac is not None:
+            raise ConfigError("", "set stable_frac or decay_frac, not both")
+
+    @property
+    def is_zero(self) -> bool:
+        """α = 0 at every step: an LM-only run."""
+        return self.alpha == 0 and (self.kind == "constant" or self.alpha_min == 0)
+
+    def resolved(self) -> "AlphaScheduleConfig":
+        if self.stable_frac is None and self.decay_frac is None:
+            return replace(self, decay_frac=DEFAULT_DECAY_FRAC)
+        return self
+
+    def check_fits(self, total_steps: int) -> None:
+        """ConfigError unless a WSD shape's warm-up and decay fit in ``total_steps``."""
+        if self.kind in ("wsd_alpha", "wsd_beta"):
+            _wsd_phases(total_steps, round(self.warmup_frac * total_steps), self.stable_frac, self.decay_frac)
 
     def at(self, step: int, total_steps: int) -> float:
         return alpha_at(

@@ -13,7 +13,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.losses import KDConfig, distillation_loss
-from core.schedules import AlphaScheduleConfig, LRScheduleConfig
+from core.config import LM_ONLY_ALPHA, KDConfig, TrainConfig  # noqa: F401 - TrainConfig re-exported
+from core.losses import distillation_loss
 from core.types import TeacherSignal
 
 Report = Callable[[str, dict[str, Any]], None]
@@ -32,52 +32,6 @@ Evaluator = Callable[[torch.nn.Module, int, int], tuple[dict[str, float], list[d
 
 class NonFiniteLossError(RuntimeError):
     """Raised when a run keeps producing non-finite losses or gradients."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that determines a training run besides the model, data and teacher."""
-
-    tokens: int
-    """Training budget in tokens; steps = tokens // (batch_size * seq_len)."""
-    batch_size: int = 16
-    """Sequences per optimizer step, over all workers."""
-    micro_batch_size: int | None = None
-    """Sequences per forward pass on one worker (gradient accumulation); None = whole share."""
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float | None = 1.0
-    lr_schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "cosine"})
-    """Keyword arguments of core.schedules.LRScheduleConfig."""
-    alpha_schedule: dict[str, Any] = field(default_factory=lambda: {"kind": "constant", "alpha": 0.0})
-    """Keyword arguments of core.schedules.AlphaScheduleConfig; alpha weighs the KD loss."""
-    kd: KDConfig | None = None
-    seed: int = 0
-    eval_every_tokens: int | None = None
-    """Run the evaluator every this many tokens (and always at the end)."""
-    log_every_steps: int = 10
-    checkpoint_every_steps: int = 100
-    checkpoint_every_s: float = 60.0
-    """Also checkpoint when this much wall time passed since the last one (crash safety)."""
-    max_nonfinite_steps: int = 5
-    """Refuse up to this many non-finite steps in total, then fail the run."""
-    device: str = "cpu"
-    bf16: bool | None = None
-    """bf16 autocast; None = on for CUDA, off on CPU."""
-    inject_nonfinite_from_step: int | None = None
-    """Testing hook: make the loss non-finite from this step on (exercises failure handling)."""
-
-    def __post_init__(self) -> None:
-        if self.tokens <= 0:
-            raise ValueError(f"tokens must be > 0, got {self.tokens}")
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be > 0, got {self.batch_size}")
-        if self.micro_batch_size is not None and self.micro_batch_size <= 0:
-            raise ValueError(f"micro_batch_size must be > 0, got {self.micro_batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 @dataclass
@@ -225,8 +179,8 @@ def train(
         raise ValueError(f"micro_batch_size {micro} does not divide the per-worker batch {local_batch}")
     tokens_per_step = cfg.batch_size * seq_len
     total_steps = max(1, cfg.tokens // tokens_per_step)
-    lr_sched = LRScheduleConfig(**cfg.lr_schedule)
-    alpha_sched = AlphaScheduleConfig(**cfg.alpha_schedule)
+    lr_sched = cfg.lr_schedule
+    alpha_sched = cfg.alpha_schedule if cfg.kd is not None else LM_ONLY_ALPHA  # kd None: LM only
     alphas_used = any(alpha_sched.at(s, total_steps) > 0 for s in range(0, total_steps, max(1, total_steps // 97)))
     if alphas_used and teacher is None:
         raise ValueError("the alpha schedule uses the KD loss but no teacher signal was given")
@@ -241,8 +195,9 @@ def train(
             continue
         (decay if p.ndim >= 2 else no_decay).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
+        [{"params": decay, "weight_decay": cfg.optimizer.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optimizer.lr, betas=cfg.optimizer.betas, eps=cfg.optimizer.eps,
     )
     ddp_model: torch.nn.Module = model
     if world > 1:
@@ -295,7 +250,7 @@ def train(
     last_ckpt_time = time.time()
     window_t0, window_tokens = time.time(), 0
     while step < total_steps:
-        lr = cfg.lr * lr_sched.at(step, total_steps)
+        lr = cfg.optimizer.lr * lr_sched.at(step, total_steps)
         alpha = float(alpha_sched.at(step, total_steps))
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -326,7 +281,7 @@ def train(
                     logits.float(), labels, teacher_batch, alpha, kd, num_tokens=global_tokens / world
                 )
                 loss = parts.loss
-                if cfg.inject_nonfinite_from_step is not None and step >= cfg.inject_nonfinite_from_step:
+                if cfg.nonfinite_from_step is not None and step >= cfg.nonfinite_from_step:
                     loss = loss * float("nan")
                 loss.backward()
             sums += torch.tensor(
@@ -336,12 +291,12 @@ def train(
         if world > 1:
             dist.all_reduce(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf")
+            model.parameters(), cfg.optimizer.grad_clip if cfg.optimizer.grad_clip else float("inf")
         )
         lm_mean = float(sums[0] / sums[2])
         kd_mean = float(sums[1] / sums[2]) if alpha > 0 else float("nan")
         total_loss = (1 - alpha) * lm_mean + (alpha * kd_mean if alpha > 0 else 0.0)
-        if cfg.inject_nonfinite_from_step is not None and step >= cfg.inject_nonfinite_from_step:
+        if cfg.nonfinite_from_step is not None and step >= cfg.nonfinite_from_step:
             total_loss = float("nan")
         if not (math.isfinite(total_loss) and torch.isfinite(grad_norm)):
             # Refuse the step: no parameter update, no checkpoint of a poisoned state.

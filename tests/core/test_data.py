@@ -49,11 +49,11 @@ def packed(small_spec, tmp_path_factory) -> PackedData:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"seq_len": 4}, "seq_len must be an integer of at least 8"),
-        ({"vocab_size": 200}, "vocab_size must be an integer of at least 257"),
-        ({"val_fraction": 0.0}, "val_fraction must be a number in (0, 1)"),
+        ({"seq_len": 4}, "seq_len must be >= 8 (got 4)"),
+        ({"vocab_size": 200}, "vocab_size must be >= 257"),
+        ({"val_fraction": 0.0}, "val_fraction must be in (0, 1)"),
         ({"val_fraction": 1.5}, "val_fraction"),
-        ({"max_train_tokens": 0}, "max_train_tokens must be None or a positive integer"),
+        ({"max_train_tokens": 0}, "max_train_tokens must be >= 1"),
         ({"source": ""}, "source must be a non-empty string"),
     ],
 )
@@ -64,7 +64,7 @@ def test_spec_rejects_bad_values(kwargs, message):
 
 def test_spec_from_dict_is_strict():
     assert DataSpec.from_dict({"seq_len": 64}).seq_len == 64
-    with pytest.raises(ValueError, match="unknown DataSpec field.*seqlen"):
+    with pytest.raises(ValueError, match="seqlen is not a setting of DataSpec"):
         DataSpec.from_dict({"seqlen": 64})
 
 

@@ -432,7 +432,7 @@ def test_adaptive_needs_its_statistic(method, key):
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"temperature": 0}, "temperature must be > 0, got 0"),
+    ({"temperature": 0}, "temperature must be > 0 \\(got 0\\)"),
     ({"student_temperature": -1.0}, "student_temperature must be > 0"),
     ({"kind": "kl"}, "nll, kld, mse, reverse_kld, jsd, tvd"),
     ({"normalization": "full"}, "renormalize, tail"),

@@ -80,10 +80,10 @@ def test_single_step_run():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"kind": "linear"}, "constant, cosine, wsd"),
+    ({"kind": "linear"}, "cosine, wsd, constant"),
     ({"warmup_steps": -1}, "warmup_steps"),
     ({"warmup_steps": 101}, "shorter than the run"),
-    ({"warmup_steps": 5, "warmup_frac": 0.1}, "either warmup_steps"),
+    ({"warmup_steps": 5, "warmup_frac": 0.1}, "warmup_frac or warmup_steps"),
     ({"min_ratio": 1.5}, "min_ratio must be in"),
     ({"kind": "wsd", "stable_frac": 0.5, "decay_frac": 0.1}, "not both"),
     ({"kind": "wsd", "warmup_steps": 95, "decay_frac": 0.2}, "do not fit"),
@@ -170,16 +170,16 @@ def test_alpha_in_range(kind):
     ({"kind": "cosine"}, "linear_inc"),
     ({"alpha": 1.2}, "alpha must be in"),
     ({"kind": "linear_inc", "alpha": 0.2, "alpha_min": 0.5}, "alpha_min"),
-    ({"kind": "period"}, "period_steps must be"),
+    ({"kind": "period"}, "period_steps is required"),
     ({"kind": "period", "period_steps": 1}, "period_steps must be"),
-    ({"kind": "constant", "period_steps": 10}, "only used by kind 'period'"),
+    ({"kind": "constant", "period_steps": 10}, "only used by kind period"),
     ({"kind": "period", "period_steps": 10, "period_shape": "sine"}, "square, triangle"),
     ({"kind": "wsd_alpha", "stable_frac": 0.5, "decay_frac": 0.1}, "not both"),
     ({"kind": "wsd_alpha", "warmup_frac": 0.7, "decay_frac": 0.5}, "do not fit"),
 ])
 def test_alpha_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        alpha_at(3, TOTAL, **kwargs)
+        AlphaScheduleConfig(**kwargs).at(3, TOTAL)
 
 
 def test_alpha_config():

@@ -10,7 +10,9 @@ import torch
 import torch.multiprocessing as mp
 
 from core.data import DataSpec, prepare_data
+from core.config import OptimizerConfig
 from core.losses import KDConfig
+from core.schedules import AlphaScheduleConfig, LRScheduleConfig
 from core.models import build_model
 from core.trainer import NonFiniteLossError, TrainConfig, example_order, train
 from core.types import SparseTeacherBatch
@@ -46,8 +48,8 @@ def test_example_order_is_a_permutation_per_epoch():
 def test_loss_goes_down_on_stdlib_text(data, tmp_path):
     model = build_model("d32l2", data.vocab_size, data.seq_len, seed=0)
     rows, report = _collect()
-    cfg = TrainConfig(tokens=60 * 16 * data.seq_len, batch_size=16, lr=3e-3, log_every_steps=5,
-                      lr_schedule={"kind": "cosine", "warmup_steps": 5})
+    cfg = TrainConfig(tokens=60 * 16 * data.seq_len, batch_size=16, optimizer=OptimizerConfig(lr=3e-3), log_every_steps=5,
+                      lr_schedule=LRScheduleConfig(kind="cosine", warmup_steps=5))
     result = train(cfg, model, data, run_dir=tmp_path, report=report)
     assert result.steps == 60
     first, last = rows[0]["lm_loss"], rows[-1]["lm_loss"]
@@ -78,9 +80,9 @@ class _FakeTeacher:
 
 
 def test_resume_reproduces_an_unbroken_run(data, tmp_path):
-    cfg = TrainConfig(tokens=12 * 8 * data.seq_len, batch_size=8, micro_batch_size=4, lr=3e-3,
+    cfg = TrainConfig(tokens=12 * 8 * data.seq_len, batch_size=8, micro_batch_size=4, optimizer=OptimizerConfig(lr=3e-3),
                       log_every_steps=1, checkpoint_every_steps=5, kd=KDConfig(kind="kld"),
-                      alpha_schedule={"kind": "constant", "alpha": 0.5})
+                      alpha_schedule=AlphaScheduleConfig(alpha=0.5))
     teacher = _FakeTeacher(data.vocab_size)
     full, report_full = _collect()
     train(cfg, build_model("d32l2", data.vocab_size, data.seq_len, seed=1), data,
@@ -117,7 +119,7 @@ def test_micro_batch_split_does_not_change_the_step(data, tmp_path):
         rows, report = _collect()
         cfg = TrainConfig(tokens=3 * 8 * data.seq_len, batch_size=8, micro_batch_size=micro,
                           log_every_steps=1, kd=KDConfig(kind="kld"),
-                          alpha_schedule={"kind": "constant", "alpha": 0.9})
+                          alpha_schedule=AlphaScheduleConfig(alpha=0.9))
         train(cfg, build_model("d32l2", data.vocab_size, data.seq_len, seed=2), data,
               run_dir=tmp_path / str(micro), teacher=_FakeTeacher(data.vocab_size), report=report, export=False)
         losses.append([r["loss"] for r in rows])
@@ -126,7 +128,7 @@ def test_micro_batch_split_does_not_change_the_step(data, tmp_path):
 
 def test_nonfinite_steps_are_refused_then_the_run_fails(data, tmp_path):
     cfg = TrainConfig(tokens=20 * 4 * data.seq_len, batch_size=4, log_every_steps=1,
-                      checkpoint_every_steps=2, inject_nonfinite_from_step=4, max_nonfinite_steps=3)
+                      checkpoint_every_steps=2, nonfinite_from_step=4, max_nonfinite_steps=3)
     model = build_model("d32l2", data.vocab_size, data.seq_len, seed=0)
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         train(cfg, model, data, run_dir=tmp_path, export=False)
@@ -136,7 +138,8 @@ def test_nonfinite_steps_are_refused_then_the_run_fails(data, tmp_path):
 
 
 def test_kd_needs_a_teacher(data, tmp_path):
-    cfg = TrainConfig(tokens=4 * data.seq_len * 4, batch_size=4, alpha_schedule={"kind": "constant", "alpha": 0.5})
+    cfg = TrainConfig(tokens=4 * data.seq_len * 4, batch_size=4, kd=KDConfig(),
+                      alpha_schedule=AlphaScheduleConfig(alpha=0.5))
     with pytest.raises(ValueError, match="no teacher"):
         train(cfg, build_model("d32l2", data.vocab_size, data.seq_len), data, run_dir=tmp_path)
 

@@ -1,0 +1,386 @@
+"""Every setting of a unit of work, declared once: name, type, default, bounds and docstring.
+
+These frozen dataclasses are the only declaration of each setting. The study schema
+(``orchestrator.schema``) is generated from them, a unit's identity (``orchestrator.identity``)
+is computed from them, and the worker builds them back from a resolved config
+(``core.settings.build``); see ``core.settings`` for how a field is declared. The LR and α
+schedules are declared the same way in ``core.schedules``, next to their formulas.
+
+No torch here: the orchestrator and analysis import this module cheaply.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Annotated, Any, Literal
+
+from annotated_types import Ge, Gt, Le, Lt
+
+from core.schedules import AlphaScheduleConfig, LRScheduleConfig
+from core.settings import ConfigError, check_fields, setting
+
+__all__ = [
+    "PosInt", "NonNegInt", "PosFloat", "NonNegFloat", "Prob", "UnitFloat", "Beta",
+    "KDKind", "Normalization", "AdaptiveMethod", "KD_KINDS", "NORMALIZATIONS", "ADAPTIVE_METHODS",
+    "BUILTIN_TASKS", "DataSpec", "OptimizerConfig", "KDConfig", "Truncation", "TrainConfig",
+    "EvalConfig", "LogitsStoreConfig", "LM_ONLY_ALPHA",
+]
+
+PosInt = Annotated[int, Ge(1)]
+NonNegInt = Annotated[int, Ge(0)]
+PosFloat = Annotated[float, Gt(0)]
+NonNegFloat = Annotated[float, Ge(0)]
+Prob = Annotated[float, Gt(0), Le(1)]  # (0, 1]
+UnitFloat = Annotated[float, Ge(0), Le(1)]  # [0, 1]
+Beta = Annotated[float, Ge(0), Lt(1)]  # [0, 1)
+
+KDKind = Literal["nll", "kld", "mse", "reverse_kld", "jsd", "tvd"]
+"""The KD divergences (core.losses implements each, registered under these names)."""
+Normalization = Literal["renormalize", "tail"]
+AdaptiveMethod = Literal["normkd", "wttm", "adakd_sd", "adakd_h"]
+KD_KINDS: tuple[str, ...] = KDKind.__args__
+NORMALIZATIONS: tuple[str, ...] = Normalization.__args__
+ADAPTIVE_METHODS: tuple[str, ...] = AdaptiveMethod.__args__
+
+BuiltinTask = Literal["pdspace_nextline", "pdspace_cloze"]
+BUILTIN_TASKS: tuple[str, ...] = BuiltinTask.__args__
+"""The evaluation tasks core.lmeval builds from the held-out documents (any corpus, any tokenizer)."""
+
+LM_ONLY_ALPHA = AlphaScheduleConfig(kind="constant", alpha=0.0)
+"""The α schedule of an LM-only run (a baseline): no KD at any step."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What to build: a corpus, a tokenizer and a sequence length.
+
+    Two specs with the same fields over the same corpus content have the same ``hash`` and share
+    one artifact (core.data.prepare_data).
+    """
+
+    source: str = setting("builtin:python-stdlib", since=1)
+    """``builtin:python-stdlib`` (every .py file of the running Python's standard library), a local
+    file, directory or glob (.txt and other text files are one document each; .jsonl and .parquet
+    hold one document per record), or ``hf:<name>[:<config>]`` for a Hugging Face dataset (hub id or
+    local directory; its ``train`` split, or its only split)."""
+    text_field: str = setting("text", since=1)
+    """Field holding a record's text (JSONL, Parquet, Hugging Face datasets)."""
+    tokenizer: str | None = setting(None, since=1)
+    """None trains a byte-level BPE on the train split; otherwise a HF tokenizer dir or hub id
+    (required with a pretrained teacher: students must share its vocabulary)."""
+    vocab_size: Annotated[int, Ge(257)] = setting(4096, since=1)
+    """Vocabulary of a trained tokenizer, special tokens included (ignored with ``tokenizer``)."""
+    seq_len: Annotated[int, Ge(8)] = setting(128, since=1)
+    """T, tokens per training sequence (inputs); each sequence reads T + 1 stream tokens."""
+    val_fraction: Annotated[float, Gt(0), Lt(1)] = setting(0.02, since=1)
+    """Expected fraction of documents held out for validation (chosen by a hash of each document)."""
+    max_train_tokens: PosInt | None = setting(None, since=1)
+    """Cap on training targets: the train stream keeps at most max_train_tokens + 1 tokens."""
+    max_documents: PosInt | None = setting(None, since=1)
+    """Use only the first N non-empty documents in corpus order (small test corpora)."""
+    max_corpus_bytes: PosInt | None = setting(None, since=1)
+    """Use only the leading documents whose sizes (file bytes, or UTF-8 bytes of a record) sum to at
+    most this; the first document is always kept."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.source.strip():
+            raise ConfigError("source", "must be a non-empty string")
+        if not self.text_field:
+            raise ConfigError("text_field", "must be a non-empty string")
+        if self.tokenizer is not None and not self.tokenizer:
+            raise ConfigError("tokenizer", "must be None or a non-empty string")
+
+    def to_dict(self) -> dict[str, Any]:
+        from core.settings import config_dict
+
+        return config_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
+        """Strict constructor: an unknown key is an error that names it."""
+        from core.settings import build
+
+        return build(cls, d)
+
+    @cached_property
+    def corpus_fingerprint(self) -> dict[str, Any]:
+        """Content fingerprint of the (capped) corpus; ``sha256`` is its stable part."""
+        from core.data import corpus_fingerprint
+
+        return corpus_fingerprint(self)
+
+    @cached_property
+    def tokenizer_fingerprint(self) -> str | None:
+        """tokenizer_hash of the external tokenizer, None when one is trained."""
+        if self.tokenizer is None:
+            return None
+        from core.data import external_tokenizer_hash
+
+        return external_tokenizer_hash(self.tokenizer)
+
+    @property
+    def hash(self) -> str:
+        """Content hash of the spec, the corpus content and the external tokenizer (16 hex)."""
+        from core.data import data_hash
+
+        return data_hash(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW settings."""
+
+    lr: PosFloat = setting(3e-3, since=1)
+    """Peak learning rate."""
+    weight_decay: NonNegFloat = setting(0.1, since=1)
+    """Decoupled weight decay (matrices only; norms and biases get none)."""
+    betas: tuple[Beta, Beta] = setting((0.9, 0.95), since=1)
+    """Adam's (beta1, beta2)."""
+    eps: PosFloat = setting(1e-8, since=1)
+    """Adam's epsilon."""
+    grad_clip: PosFloat | None = setting(1.0, since=1)
+    """Clip the global gradient norm to this; None disables clipping."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """Which of the teacher's next-token entries a student sees: the smallest prefix of the
+    sorted distribution (at τ = 1) holding ``top_p`` of the mass, capped at ``top_k`` entries (the
+    paper's top-p-k). One rule for torch and numpy: ``core.logits_math.truncation_counts``.
+
+    A logits store keeps one Truncation (its maximum); it serves any rule it ``covers``.
+    """
+
+    top_p: Prob = setting(0.95, since=1)
+    """Keep the smallest prefix of the teacher's sorted distribution holding this mass ..."""
+    top_k: PosInt = setting(100, since=1)
+    """... capped at this many tokens."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def covered_by(self, keeps: "Truncation") -> bool:
+        """Whether a store that keeps ``keeps`` can derive this rule exactly."""
+        return self.top_p <= keeps.top_p and self.top_k <= keeps.top_k
+
+    def check_covered_by(self, keeps: "Truncation", where: str = "the logits store") -> None:
+        """ConfigError naming the field a store that keeps ``keeps`` cannot serve."""
+        if self.top_p > keeps.top_p:
+            raise ConfigError("top_p", f"must be <= {keeps.top_p:g}, the top_p {where} keeps; got {self.top_p:g}")
+        if self.top_k > keeps.top_k:
+            raise ConfigError("top_k", f"must be <= {keeps.top_k}, the top_k {where} keeps; got {self.top_k}")
+
+    @property
+    def label(self) -> str:
+        """'top-0.95-100'."""
+        return f"top-{self.top_p:g}-{self.top_k}"
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """How the KD term is computed (core.losses: the formulas of every kind and method)."""
+
+    kind: KDKind = setting("kld", yaml="loss", since=1)
+    """D in α·D(student, teacher): soft cross-entropy (nll), forward KL, MSE, reverse KL, JS, TV."""
+    temperature: PosFloat = setting(1.0, since=1)
+    """Teacher temperature τ (divides the kept teacher log-probs). For adakd_sd it is τ_base."""
+    student_temperature: PosFloat = setting(1.0, since=1)
+    """Student temperature τ_s (divides the student's logits); 1 = none (the paper does not say
+    whether it used one)."""
+    normalization: Normalization = setting("renormalize", since=1)
+    """renormalize over the kept entries (the paper), or keep the dropped mass as one tail bucket
+    on both sides."""
+    adaptive: AdaptiveMethod | None = setting(None, since=1)
+    """None (static τ) or a per-position temperature from the teacher's full-distribution stats."""
+    t_norm: PosFloat = setting(2.0, since=1)
+    """normkd: τ_T = t_norm · std(z_T), τ_S = t_norm · std(z_S) (official default 2.0)."""
+    wttm_gamma: PosFloat = setting(0.8, since=1)
+    """wttm: teacher power γ (p̂ = p^γ / Σ p^γ; the store must keep log U_γ: logits.gammas)."""
+    wttm_beta: NonNegFloat = setting(1.0, since=1)
+    """wttm: weight β of the KD term β · U_γ · KL(p̂ ‖ q)."""
+    adakd_tau_min: PosFloat = setting(0.5, since=1)
+    """adakd_sd / adakd_h: lower clip of the per-position temperature."""
+    adakd_tau_max: PosFloat = setting(2.0, since=1)
+    """adakd_sd / adakd_h: upper clip of the per-position temperature."""
+    adakd_sd_ref: PosFloat | None = setting(None, since=1)
+    """adakd_sd: reference logit std s_ref; None = mean std over the micro-batch's positions
+    (then the loss depends slightly on how a batch is split into micro-batches)."""
+    scale_by_temperature_sq: bool = setting(False, since=1)
+    """Multiply the KD term by τ² (Hinton); static τ and adakd_* only (NormKD always has its
+    τ_T² factor, WTTM never has one)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.adakd_tau_max >= self.adakd_tau_min:
+            raise ConfigError("adakd_tau_max", f"must be >= adakd_tau_min ({self.adakd_tau_min:g}), "
+                                               f"got {self.adakd_tau_max:g}")
+        # Refuse settings an adaptive method would silently ignore.
+        if self.adaptive in ("normkd", "wttm", "adakd_h") and self.temperature != 1.0:
+            raise ConfigError("temperature", f"is not used with adaptive {self.adaptive} (it sets its own); "
+                                             f"leave it at 1, got {self.temperature:g}")
+        if self.adaptive in ("normkd", "wttm") and self.student_temperature != 1.0:
+            raise ConfigError("student_temperature", f"is not used with adaptive {self.adaptive}; "
+                                                     f"leave it at 1, got {self.student_temperature:g}")
+        if self.adaptive in ("normkd", "wttm") and self.scale_by_temperature_sq:
+            raise ConfigError("scale_by_temperature_sq", f"does not apply to adaptive {self.adaptive} (normkd "
+                                                         f"always has its τ² factor, wttm has none)")
+
+    def to_dict(self) -> dict:
+        from core.settings import config_dict
+
+        return config_dict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run besides the model, data and teacher."""
+
+    tokens: PosInt = setting(1_000_000, since=1)
+    """Training budget in tokens; steps = tokens // (batch_size * seq_len)."""
+    batch_size: PosInt = setting(16, since=1)
+    """Sequences per optimizer step, over all workers."""
+    micro_batch_size: PosInt | None = setting(None, since=1)
+    """Sequences per forward/backward on one worker (gradient accumulation); None: the whole share."""
+    seed: NonNegInt = setting(0, since=1)
+    """Initialisation and data-order seed."""
+    optimizer: OptimizerConfig = setting(default_factory=OptimizerConfig, since=1)
+    """AdamW settings."""
+    lr_schedule: LRScheduleConfig = setting(default_factory=LRScheduleConfig, since=1)
+    """Learning-rate schedule."""
+    alpha_schedule: AlphaScheduleConfig = setting(default_factory=AlphaScheduleConfig, yaml="alpha", since=1)
+    """KD share α of L = (1-α)·L_lm + α·L_kd: a number (constant) or a schedule. Used only with a
+    teacher (``kd`` set); an LM-only run ignores it."""
+    kd: KDConfig | None = setting(None, since=1)
+    """The distillation loss; None: an LM-only run (a study's `kd:` section holds KDConfig's
+    defaults for every student with a teacher)."""
+    eval_every_tokens: PosInt | None = setting(None, since=1, in_study=False)
+    """Run the evaluator every this many tokens (and always at the end); a study sets it as
+    ``eval.every_tokens``."""
+    nonfinite_from_step: NonNegInt | None = setting(None)
+    """Testing aid: make the loss non-finite from this step on, to exercise failure handling."""
+    max_nonfinite_steps: NonNegInt = setting(5)
+    """Refuse up to this many non-finite steps in total, then fail the run."""
+    bf16: bool | None = setting(None)
+    """bf16 autocast; None = on for CUDA, off on CPU."""
+    log_every_steps: PosInt = setting(10, identity=False)
+    """Report training metrics every this many steps."""
+    checkpoint_every_steps: PosInt = setting(100, identity=False)
+    """Checkpoint every this many steps."""
+    checkpoint_every_s: PosFloat = setting(60.0, identity=False)
+    """Also checkpoint when this much wall time passed since the last one (crash safety)."""
+    device: str = setting("cpu", identity=False, in_study=False)
+    """Where the run trains (chosen by the worker, never by the study)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def lm_only(self) -> bool:
+        return self.kd is None
+
+    def total_steps(self, seq_len: int) -> int:
+        return max(1, self.tokens // (self.batch_size * seq_len))
+
+    def check(self, seq_len: int) -> None:
+        """The checks that need the data's sequence length: one batch at least, micro-batches that
+        divide the batch, schedules that fit the run's steps. Raises ConfigError."""
+        per_step = self.batch_size * seq_len
+        if self.tokens < per_step:
+            raise ConfigError("tokens", f"must be at least one batch (batch_size {self.batch_size} × "
+                                        f"seq_len {seq_len} = {per_step} tokens), got {self.tokens}")
+        micro = self.micro_batch_size
+        if micro is not None and (micro > self.batch_size or self.batch_size % micro):
+            raise ConfigError("micro_batch_size", f"must divide batch_size {self.batch_size}, got {micro}")
+        total = self.total_steps(seq_len)
+        try:
+            self.lr_schedule.check_fits(total)
+        except ConfigError as exc:
+            raise exc.under("lr_schedule") from None
+        if self.kd is not None:
+            try:
+                self.alpha_schedule.check_fits(total)
+            except ConfigError as exc:
+                raise exc.under("alpha_schedule") from None
+
+    def resolved(self) -> "TrainConfig":
+        """Defaults that depend on other fields filled in: the form a unit's identity hashes."""
+        return replace(self, micro_batch_size=self.micro_batch_size or self.batch_size,
+                       lr_schedule=self.lr_schedule.resolved(), alpha_schedule=self.alpha_schedule.resolved())
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and logits stores
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What every student, baseline and teacher is evaluated on (core.evaluation, core.lmeval)."""
+
+    every_tokens: PosInt | None = setting(None, since=1)
+    """Held-out evaluation interval in training tokens; None: 10 points per run."""
+    heldout_sequences: PosInt = setting(64, since=1)
+    """Held-out sequences per evaluation (val_loss, teacher_kl, top1_agreement)."""
+    builtin_tasks: list[BuiltinTask] = setting(default_factory=lambda: list(BUILTIN_TASKS), since=1)
+    """Tasks built from the held-out documents (work on any corpus and tokenizer)."""
+    tasks: list[str] = setting(default_factory=list, since=1)
+    """Standard lm-evaluation-harness tasks (e.g. hellaswag)."""
+    limit: PosInt | None = setting(None, since=1)
+    """Examples per lm-eval task; None: all."""
+    final_only: bool = setting(True, since=1)
+    """Run the lm-eval tasks on the final checkpoint only (held-out loss is always periodic),
+    unless tasks_every_tokens is set."""
+    tasks_every_tokens: PosInt | None = setting(None, since=1)
+    """Also run the lm-eval tasks every this many training tokens (at held-out evaluation points
+    that are multiples of it); None: as final_only says."""
+    task_examples: PosInt = setting(200, since=1)
+    """Examples built per built-in task."""
+    task_seed: NonNegInt = setting(0, since=1)
+    """Seed of the built-in tasks' example selection."""
+    batch_size: PosInt = setting(16, since=1)
+    """Sequences per forward pass during evaluation."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def resolved(self, run_tokens: int) -> "EvalConfig":
+        """every_tokens filled in: 10 evaluation points over a run of ``run_tokens``."""
+        return replace(self, every_tokens=self.every_tokens or max(run_tokens // 10, 1))
+
+
+@dataclass(frozen=True)
+class LogitsStoreConfig:
+    """An offline logits store: what it keeps and how it is written. One store serves every
+    Truncation it covers and any τ."""
+
+    top_p_max: Prob = setting(Truncation.top_p, since=1)
+    """Largest top-p any student reads (the store keeps Truncation(top_p_max, top_k_max))."""
+    top_k_max: PosInt = setting(Truncation.top_k, since=1)
+    """Largest top-k any student reads."""
+    gammas: list[PosFloat] = setting(default_factory=list, since=1)
+    """WTTM γ values whose log Σ p^γ is stored per row (every kd.wttm_gamma used must be here)."""
+    shard_tokens: PosInt = setting(262_144, since=1)
+    """Token positions per store shard (the unit of crash-safe resumption)."""
+    batch_size: PosInt = setting(16, since=1, identity=False)
+    """Sequences per teacher forward pass during extraction (throughput only)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if len(set(self.gammas)) != len(self.gammas):
+            raise ConfigError("gammas", f"must not repeat a value, got {list(self.gammas)}")
+
+    @property
+    def keeps(self) -> Truncation:
+        return Truncation(self.top_p_max, self.top_k_max)
+
+    def has_gamma(self, gamma: float) -> bool:
+        return any(math.isclose(gamma, g) for g in self.gammas)
