@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.utils import DATA_FORMAT_VERSION, stable_hash
+from core.sizes import get_size, param_counts
+from core.utils import DATA_FORMAT_VERSION
+from orchestrator.identity import logits_unit_hash, unit_hash
 
 # Throughput assumptions for estimates (stated in `pdspace plan`'s output).
 CPU_FLOPS_PER_S = 4.0e10  # one trial on one CPU core, fp32, measured range 3-6e10 (CPU_SCALE.md)
@@ -56,13 +58,9 @@ class Plan:
 
 def _estimate(size: str, vocab_size: int, seq_len: int, tokens: int, gpus: float, workers: int,
               forward_only: bool = False) -> dict[str, Any]:
-    from core.models import param_counts
-
     counts = param_counts(size, vocab_size, seq_len)
     # 6N + attention per trained token, plus the output layer (2·V·d forward, x3 with backward),
     # which dominates at CPU sizes.
-    from core.models import get_size
-
     d = get_size(size).hidden
     per_token = counts.flops_per_token + 6 * vocab_size * d
     flops = per_token * tokens / (3 if forward_only else 1)
@@ -85,7 +83,7 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
     vocab = data_spec.get("vocab_size") or 4096
     seq_len = data_spec["seq_len"]
     data_cfg = {"kind": "data", "data": data_spec, "data_format": DATA_FORMAT_VERSION}
-    data_unit = Unit(kind="data", trial_id="data", config=data_cfg, config_hash=stable_hash(data_cfg),
+    data_unit = Unit(kind="data", trial_id="data", config=data_cfg, config_hash=unit_hash("data", data_cfg),
                      resources={"cpus": 1, "gpus": 0, "workers": 1})
     units: list[Unit] = [data_unit]
     trials = study.trials()
@@ -113,9 +111,7 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
                             resources["gpus"], 1, forward_only=True)
         kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
         est["store_bytes"] = (spec.config["num_tokens"] or 0) * kept * LOGITS_STORE_BYTES_PER_ENTRY
-        # A store is extracted once for the tokens its students need; a study needing more
-        # tokens gets its own (longer) store rather than reading past the end of a shorter one.
-        logits_hash = stable_hash({"store": spec.config_hash, "num_tokens": spec.config["num_tokens"]})
+        logits_hash = logits_unit_hash(spec.config_hash, spec.config["num_tokens"])
         logits_units[name] = Unit(kind="logits", trial_id=f"logits:{name}", config=spec.config,
                                   config_hash=logits_hash, deps=tuple(deps), resources=one_worker,
                                   estimate=est)

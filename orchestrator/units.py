@@ -3,12 +3,15 @@ train a student or its LM-only baseline, evaluate. No ray and no study parsing h
 """
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from core.config import LM_ONLY_ALPHA, EvalConfig, LogitsStoreConfig, TrainConfig, Truncation
+from core.settings import EXECUTION_KEY, build, config_dict
 from orchestrator.recorder import RunRecorder
 
 Runner = Callable[[dict[str, Any], Path, str, RunRecorder, str], None]
@@ -55,51 +58,66 @@ def _evaluator(cfg: dict[str, Any], data: Any, artifacts: str, device: str, *,
     """Held-out loss (and teacher agreement) at every evaluation point; lm-eval tasks as configured."""
     from core.evaluation import heldout_metrics
 
-    ev = cfg["eval"]
-    tasks = list(ev.get("builtin_tasks") or []) + list(ev.get("tasks") or [])
+    ev = eval_config(cfg)
+    tasks = list(ev.builtin_tasks) + list(ev.tasks)
     builtin = None
     if tasks:
         from core.lmeval import build_builtin_tasks
 
-        builtin = build_builtin_tasks(data, Path(artifacts) / "tasks", seed=ev["task_seed"],
-                                      num_examples=ev["task_examples"])
+        builtin = build_builtin_tasks(data, Path(artifacts) / "tasks", seed=ev.task_seed,
+                                      num_examples=ev.task_examples)
 
     state = {"bucket": 0}
 
     def evaluate(model: torch.nn.Module, step: int, tokens: int):
-        metrics = heldout_metrics(model, data, teacher=val_teacher, max_sequences=ev["heldout_sequences"],
-                                  batch_size=ev["batch_size"], device=device)
+        metrics = heldout_metrics(model, data, teacher=val_teacher, max_sequences=ev.heldout_sequences,
+                                  batch_size=ev.batch_size, device=device)
         records: list[dict[str, Any]] = []
-        every = ev.get("tasks_every_tokens")
+        every = ev.tasks_every_tokens
         if every:  # due when a multiple of `every` was crossed since the last evaluation point
             due = tokens // every > state["bucket"]
             state["bucket"] = tokens // every
         else:
-            due = tokens > 0 and not ev["final_only"]
+            due = tokens > 0 and not ev.final_only
         if tasks and (due or tokens >= total_tokens):
             from core.lmeval import run_lm_eval
 
             records = run_lm_eval(model, data.tokenizer, tasks, builtin.include_path, device=device,
-                                  limit=ev.get("limit"), batch_size=ev["batch_size"])
+                                  limit=ev.limit, batch_size=ev.batch_size)
         return metrics, records
 
     return evaluate
 
 
-def _train_config(cfg: dict[str, Any], device: str):
-    from core.losses import KDConfig
-    from core.trainer import TrainConfig
+# What a worker builds from a unit's resolved config: core's own config objects, read back with
+# core.settings.build (a setting added to core arrives here with no edit).
 
-    opt = cfg["optimizer"]
-    return TrainConfig(
-        tokens=cfg["tokens"], batch_size=cfg["batch_size"], micro_batch_size=cfg.get("micro_batch_size"),
-        lr=opt["lr"], weight_decay=opt["weight_decay"], betas=tuple(opt["betas"]), grad_clip=opt["grad_clip"],
-        lr_schedule=cfg["lr_schedule"],
-        alpha_schedule=cfg.get("alpha_schedule") or {"kind": "constant", "alpha": 0.0},
-        kd=KDConfig(**cfg["kd"]) if cfg.get("kd") else None, seed=cfg["seed"],
-        eval_every_tokens=cfg["eval"]["every_tokens"], device=device,
-        inject_nonfinite_from_step=cfg.get("nonfinite_from_step"),
-    )
+_TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) | {EXECUTION_KEY}
+
+
+def train_config(cfg: dict[str, Any], device: str) -> TrainConfig:
+    """The TrainConfig of a teacher, student or baseline unit (the evaluation interval is the
+    eval section's, the device the worker's)."""
+    fields = {k: v for k, v in cfg.items() if k in _TRAIN_KEYS}
+    fields.setdefault("kd", None)  # a teacher has no KD term
+    fields.setdefault("alpha_schedule", config_dict(LM_ONLY_ALPHA))
+    return replace(build(TrainConfig, fields), eval_every_tokens=cfg["eval"]["every_tokens"], device=device)
+
+
+def eval_config(cfg: dict[str, Any]) -> EvalConfig:
+    return build(EvalConfig, cfg["eval"])
+
+
+def store_config(cfg: dict[str, Any]) -> LogitsStoreConfig:
+    """The LogitsStoreConfig of a logits unit."""
+    names = {f.name for f in fields(LogitsStoreConfig)} | {EXECUTION_KEY}
+    return build(LogitsStoreConfig, {k: v for k, v in cfg.items() if k in names})
+
+
+def truncation(cfg: dict[str, Any]) -> Truncation:
+    """The Truncation a student reads from its teacher's store."""
+    names = {f.name for f in fields(Truncation)}
+    return build(Truncation, {k: v for k, v in cfg["logits"].items() if k in names})
 
 
 def _total_tokens(tcfg: Any, data: Any) -> int:
@@ -121,7 +139,7 @@ def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
     from core.trainer import train
 
     cfg, data, model = _fresh_model(unit, artifacts, unit["config"]["size"])
-    tcfg = _train_config(cfg, device)
+    tcfg = train_config(cfg, device)
     capture = None
     if cfg["online"]["capture"]:
         from core.logits import OnlineCapture
@@ -147,14 +165,15 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
     cfg = unit["config"]
     data = _data(unit, artifacts)
     model = _teacher_model(cfg.get("pretrained"), cfg["teacher_hash"], artifacts, device)
+    store = store_config(cfg)
     from core.models import check_vocab_compatible
 
     check_vocab_compatible(model.config.vocab_size, data.vocab_size)
     num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
     path = extract_logits(
-        model, data, out_dir / "store", split="train", top_p_max=cfg["top_p_max"],
-        top_k_max=cfg["top_k_max"], gammas=cfg["gammas"], batch_size=cfg["batch_size"],
-        shard_tokens=cfg["shard_tokens"], device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
+        model, data, out_dir / "store", split="train", top_p_max=store.top_p_max,
+        top_k_max=store.top_k_max, gammas=store.gammas, batch_size=store.batch_size,
+        shard_tokens=store.shard_tokens, device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
         teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
         num_sequences=num_sequences,
     )
@@ -193,13 +212,14 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
     from core.trainer import train
 
     cfg, data, model = _fresh_model(unit, artifacts, unit["config"]["student"])
-    tcfg = _train_config(cfg, device)
+    tcfg = train_config(cfg, device)
     teacher = val_teacher = None
     examples = student_examples(data, cfg["tokens"])
     if cfg.get("teacher"):
         from core.logits import LiveTeacher, LogitsStore, StoreTeacher
 
         lg = cfg["logits"]
+        trunc = truncation(cfg)
         entries = None
         if lg["source"] == "offline":
             store_dir = Path(artifacts) / "logits" / cfg["logits_hash"] / "store"
@@ -208,7 +228,7 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         store = LogitsStore.open(store_dir, expect={
             "tokenizer_hash": data.tokenizer_hash, "data_hash": data.hash, "seq_len": data.seq_len,
             "vocab_size": data.vocab_size, "teacher_hash": cfg["teacher_hash"],
-            "top_p": lg["top_p"], "top_k": lg["top_k"],
+            "top_p": trunc.top_p, "top_k": trunc.top_k,
         })
         store.verify()
         if lg["source"] == "online":
@@ -219,10 +239,10 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
             else:
                 entries = store.window(last_tokens=lg["tokens"])
             examples = store.entry_sequence_ids()[entries]
-        teacher = StoreTeacher(store, top_p=lg["top_p"], top_k=lg["top_k"], entries=entries)
+        teacher = StoreTeacher(store, top_p=trunc.top_p, top_k=trunc.top_k, entries=entries)
         pretrained = cfg.get("teacher_pretrained")
         val_teacher = LiveTeacher(_teacher_model(pretrained, cfg["teacher_hash"], artifacts, device),
-                                  top_p=lg["top_p"], top_k=lg["top_k"], gammas=store.gammas, memoize=True)
+                                  top_p=trunc.top_p, top_k=trunc.top_k, gammas=store.gammas, memoize=True)
     evaluate = _evaluator(cfg, data, artifacts, device, val_teacher=val_teacher,
                           total_tokens=_total_tokens(tcfg, data))
     result = train(tcfg, model, data, run_dir=out_dir, teacher=teacher, report=rec.report,
