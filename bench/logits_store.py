@@ -39,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.config import Truncation
 from core.logits import (  # noqa: E402
     DEFAULT_GAMMAS,
     LogitsStore,
@@ -72,11 +73,11 @@ def reader_rates(store: LogitsStore, settings, batch_seqs=16, reps=15, seed=0) -
     for top_p, top_k in settings:
         batches = [rng.choice(store.num_items, size=min(batch_seqs, store.num_items), replace=False)
                    for _ in range(reps)]
-        store.batch(batches[0], top_p, top_k)  # warm the page cache and the shard maps
+        store.batch(batches[0], Truncation(top_p, top_k))  # warm the page cache and the shard maps
         wall, cpu = [], []
         for ids in batches:
             t0, c0 = time.perf_counter(), time.process_time()
-            store.batch(ids, top_p, top_k)
+            store.batch(ids, Truncation(top_p, top_k))
             wall.append(time.perf_counter() - t0)
             cpu.append(time.process_time() - c0)
         tokens = len(batches[0]) * store.seq_len
@@ -96,9 +97,9 @@ def size_summary(store: LogitsStore) -> dict:
         "compression_vs_dense_fp32": 4 * store.vocab_size
         / (storage["bytes_per_token"] + storage["stats_bytes_per_token"]),
     }
-    for p, k in [(0.95, 100), (0.95, 50), (0.9, 100), (1.0, 100) if store.p_max == 1 else (0.95, 20)]:
-        if p <= store.p_max and k <= store.k_max:
-            s = kept_stats(store, p, k)
+    for p, k in [(0.95, 100), (0.95, 50), (0.9, 100), (1.0, 100) if store.keeps.top_p == 1 else (0.95, 20)]:
+        if p <= store.keeps.top_p and k <= store.keeps.top_k:
+            s = kept_stats(store, Truncation(p, k))
             out[f"top-{p:g}-{k}"] = {key: s[key] for key in (
                 "mean_kept_per_token", "mean_kept_mass", "capped_frac", "bytes_per_entry",
                 "bytes_per_token", "stats_bytes_per_token", "compression_vs_dense_fp32")}
@@ -135,7 +136,7 @@ def bench_synthetic(root: Path, num_seqs: int, reps: int) -> dict:
         for _ in range(min(seqs_per_shard, num_seqs - first)):
             x = synthetic_logits(T, vocab, gen, perms)
             t0 = time.perf_counter()
-            parts.append(truncate_and_stats(x, 0.95, 100, GAMMAS))
+            parts.append(truncate_and_stats(x, Truncation(0.95, 100), GAMMAS))
             process_s += time.perf_counter() - t0
             rows_done += T
         t0 = time.perf_counter()
@@ -272,7 +273,7 @@ def bench_real(root: Path, teacher_seconds: float, num_seqs: int, reps: int, cor
     runs = iter(range(10**6))
 
     def extraction(gammas=DEFAULT_GAMMAS):
-        return extract_logits(model, data, root / f"real-{next(runs)}", top_p_max=0.95, top_k_max=100,
+        return extract_logits(model, data, root / f"real-{next(runs)}", keeps=Truncation(0.95, 100),
                               gammas=gammas, batch_size=batch_size, shard_tokens=tokens // 2,
                               teacher_id="bench-d128l4", teacher_hash="bench")
 
@@ -324,7 +325,7 @@ def cpu_breakdown(model, data, batch_size: int, reps: int) -> dict:
         }
 
         def post(x, gammas):
-            idx, lp, cnt, st = truncate_and_stats(x, 0.95, 100, gammas)
+            idx, lp, cnt, st = truncate_and_stats(x, Truncation(0.95, 100), gammas)
             keep = torch.arange(idx.shape[-1]) < cnt[:, None]
             encode_values(lp[keep].numpy())
 

@@ -15,7 +15,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from core.logits_math import check_truncation, stat_keys, truncate_and_stats
+from core.config import Truncation
+from core.logits_math import stat_keys, truncate_and_stats
 from core.logits_store import LogitsStoreWriter, StoreError, encode_values
 from core.types import SparseTeacherBatch
 
@@ -36,10 +37,10 @@ class _ShardPipeline:
     shard whose flush was submitted, and nothing else.
     """
 
-    def __init__(self, writer: LogitsStoreWriter, top_p: float, top_k: int,
+    def __init__(self, writer: LogitsStoreWriter, keeps: Truncation,
                  gammas: Sequence[float], background: bool = True):
         self.writer = writer
-        self.top_p, self.top_k, self.gammas = top_p, top_k, list(gammas)
+        self.keeps, self.gammas = keeps, list(gammas)
         self.keys = writer.header["stat_keys"]
         self.error: BaseException | None = None
         self._pending: list[tuple] = []
@@ -93,7 +94,7 @@ class _ShardPipeline:
         payload, sequence_ids, steps = message
         if isinstance(payload, torch.Tensor):
             with torch.no_grad():
-                payload = truncate_and_stats(payload, self.top_p, self.top_k, self.gammas)
+                payload = truncate_and_stats(payload, self.keeps, self.gammas)
         indices, logprobs, counts, stats = payload
         k = indices.shape[-1]
         indices = indices.reshape(-1, k).numpy()
@@ -189,8 +190,7 @@ def extract_logits(
     out_dir: str | os.PathLike,
     *,
     split: str = "train",
-    top_p_max: float = 0.95,
-    top_k_max: int = 100,
+    keeps: Truncation = Truncation(),
     gammas: Sequence[float] = DEFAULT_GAMMAS,
     batch_size: int = 16,
     shard_tokens: int = 1 << 20,
@@ -216,7 +216,6 @@ def extract_logits(
     (default: its parameters' device); on CUDA the forward runs under bf16 autocast and the
     truncation on the GPU. Returns the store's path.
     """
-    check_truncation(top_p_max, top_k_max)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     source = _SequenceSource(data_or_sequences, split, num_sequences)
@@ -233,8 +232,8 @@ def extract_logits(
         "split": split,
         "seq_len": seq_len,
         "vocab_size": vocab_size,
-        "p_max": float(top_p_max),
-        "k_max": int(top_k_max),
+        "p_max": keeps.top_p,
+        "k_max": keeps.top_k,
         "gammas": [float(g) for g in gammas],
         "num_sequences": source.num_sequences,
         "items_per_shard": per_shard,
@@ -249,8 +248,8 @@ def extract_logits(
         return writer.path
     total = source.num_sequences
     num_shards = -(-total // per_shard)
-    k_max = writer.header["k_max"]
-    pipeline = _ShardPipeline(writer, top_p_max, k_max, gammas, background=background)
+    keeps = Truncation(keeps.top_p, writer.header["k_max"])  # k capped at the vocabulary
+    pipeline = _ShardPipeline(writer, keeps, gammas, background=background)
     was_training = model.training
     model.eval()
     try:
@@ -266,7 +265,7 @@ def extract_logits(
                         raise ValueError(f"the teacher returned {logits.shape[-1]} logits per "
                                          f"position, its output layer has {vocab_size}")
                     if logits.is_cuda:
-                        result = truncate_and_stats(logits, top_p_max, k_max, gammas)
+                        result = truncate_and_stats(logits, keeps, gammas)
                         pipeline.submit((result[0].cpu(), result[1].cpu(), result[2].cpu(),
                                          {k: v.cpu() for k, v in result[3].items()}))
                     else:
@@ -299,8 +298,7 @@ class OnlineCapture:
         *,
         vocab_size: int,
         seq_len: int,
-        top_p_max: float = 0.95,
-        top_k_max: int = 100,
+        keeps: Truncation = Truncation(),
         gammas: Sequence[float] = DEFAULT_GAMMAS,
         teacher_id: str = "",
         teacher_hash: str = "",
@@ -310,12 +308,11 @@ class OnlineCapture:
         shard_tokens: int = 1 << 20,
         background: bool = True,
     ):
-        check_truncation(top_p_max, top_k_max)
         header = {
             "kind": "online", "teacher_id": teacher_id, "teacher_hash": teacher_hash,
             "tokenizer_hash": tokenizer_hash, "data_hash": data_hash, "split": split,
-            "seq_len": int(seq_len), "vocab_size": int(vocab_size), "p_max": float(top_p_max),
-            "k_max": int(top_k_max), "gammas": [float(g) for g in gammas],
+            "seq_len": int(seq_len), "vocab_size": int(vocab_size), "p_max": keeps.top_p,
+            "k_max": keeps.top_k, "gammas": [float(g) for g in gammas],
         }
         self.writer = LogitsStoreWriter(out_dir, header)
         if self.writer.complete:
@@ -323,11 +320,11 @@ class OnlineCapture:
                              f"another directory.")
         self.path = self.writer.path
         self.seq_len, self.vocab_size = int(seq_len), int(vocab_size)
-        self.top_p, self.top_k, self.gammas = float(top_p_max), self.writer.header["k_max"], list(gammas)
+        self.keeps, self.gammas = Truncation(keeps.top_p, self.writer.header["k_max"]), list(gammas)
         self.shard_tokens = shard_tokens
         stored = [s["last_step"] for s in self.writer.shards]
         self.last_stored_step: int | None = max(stored) if stored else None
-        self._pipeline = _ShardPipeline(self.writer, self.top_p, self.top_k, self.gammas,
+        self._pipeline = _ShardPipeline(self.writer, self.keeps, self.gammas,
                                         background=background)
         self._pending_rows = 0
         self._step: int | None = None
@@ -350,7 +347,7 @@ class OnlineCapture:
         logits = logits.detach()
         if logits.is_cuda:
             with torch.no_grad():
-                result = truncate_and_stats(logits, self.top_p, self.top_k, self.gammas)
+                result = truncate_and_stats(logits, self.keeps, self.gammas)
             payload = (result[0].cpu(), result[1].cpu(), result[2].cpu(),
                        {k: v.cpu() for k, v in result[3].items()})
         else:
@@ -399,11 +396,10 @@ class LiveTeacher:
     once per evaluation). The result is the same tensors, so the numbers are unchanged.
     """
 
-    def __init__(self, model: torch.nn.Module, top_p: float, top_k: int,
+    def __init__(self, model: torch.nn.Module, truncation: Truncation,
                  gammas: Sequence[float] = DEFAULT_GAMMAS, *, memoize: bool = False):
-        check_truncation(top_p, top_k)
         self.model = model.eval()
-        self.top_p, self.top_k, self.gammas = float(top_p), int(top_k), list(gammas)
+        self.truncation, self.gammas = truncation, list(gammas)
         self.stat_keys = stat_keys(self.gammas)
         self._memo: dict[tuple[int, ...], tuple[torch.Tensor, SparseTeacherBatch]] | None = (
             {} if memoize else None)
@@ -425,7 +421,7 @@ class LiveTeacher:
             logits = _forward(self.model, input_ids.to(device))
         batch, length = logits.shape[:2]
         with torch.no_grad():
-            indices, logprobs, _, stats = truncate_and_stats(logits, self.top_p, self.top_k, self.gammas)
+            indices, logprobs, _, stats = truncate_and_stats(logits, self.truncation, self.gammas)
         return SparseTeacherBatch(
             indices.reshape(batch, length, -1),
             logprobs.reshape(batch, length, -1),

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 
+from core.config import Truncation
 from core.types import format_gamma
 
 #: Statistic keys always present, in storage order; ``log_u_<gamma>`` keys follow.
@@ -27,15 +29,8 @@ def stat_keys(gammas: Sequence[float]) -> list[str]:
     return [*BASE_STAT_KEYS, *(format_gamma(g) for g in gammas)]
 
 
-def check_truncation(top_p: float, top_k: int) -> None:
-    if not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if int(top_k) != top_k or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k}")
-
-
-def truncate(logits: torch.Tensor, top_p: float, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-p-k truncation of a teacher's logits.
+def truncate(logits: torch.Tensor, truncation: Truncation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-p-k truncation of a teacher's logits (``truncation``: core.config.Truncation).
 
     logits: (..., V) float (any float dtype; computed in float32).
     Returns ``(indices, logprobs)``, each (..., K) with K = min(top_k, V): int64 vocabulary ids
@@ -43,26 +38,25 @@ def truncate(logits: torch.Tensor, top_p: float, top_k: int) -> tuple[torch.Tens
     the FULL vocabulary at tau = 1. Entries beyond a row's kept count are padding: logprob -inf,
     index 0.
     """
-    indices, logprobs, _ = truncate_with_counts(logits, top_p, top_k)
+    indices, logprobs, _ = truncate_with_counts(logits, truncation)
     return indices, logprobs
 
 
 def truncate_with_counts(
-    logits: torch.Tensor, top_p: float, top_k: int, lse: torch.Tensor | None = None
+    logits: torch.Tensor, truncation: Truncation, lse: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``truncate`` plus the kept count of every row, (...,) int64.
 
     ``lse`` (N, 1): the rows' logsumexp, when the caller already has it.
     """
-    check_truncation(top_p, top_k)
     shape = logits.shape
     vocab_size = shape[-1]
-    k = min(int(top_k), vocab_size)
+    k = min(truncation.top_k, vocab_size)
     x = logits.reshape(-1, vocab_size).float()
     if lse is None:
         lse = torch.logsumexp(x, dim=-1, keepdim=True)
     values, indices = _topk_stable(x, k)
-    return _finish_truncation(values, indices, lse.reshape(-1, 1), top_p, shape)
+    return _finish_truncation(values, indices, lse.reshape(-1, 1), truncation.top_p, shape)
 
 
 def _finish_truncation(values, indices, lse, top_p, shape):
@@ -85,14 +79,20 @@ def _finish_truncation(values, indices, lse, top_p, shape):
     )
 
 
-def kept_counts(logprobs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Length of the smallest prefix whose cumulative probability reaches ``top_p``.
+def kept_counts(logprobs, top_p: float):
+    """Length of the smallest prefix whose cumulative probability reaches ``top_p``: THE top-p
+    rule, for torch tensors (extraction, capture, live teachers) and numpy arrays (a store
+    deriving a smaller p) alike.
 
-    logprobs: (N, K) sorted descending (padding -inf). Returns (N,) int64 in [1, K]; a row whose
-    K entries never reach ``top_p`` keeps all K. The sum runs in float64.
+    logprobs: (N, K) sorted descending (padding -inf), torch or numpy. Returns (N,) int64 in
+    [1, K] of the same kind; a row whose K entries never reach ``top_p`` keeps all K. The sum
+    runs in float64.
     """
-    cum = logprobs.double().exp().cumsum(dim=-1)
-    return ((cum < top_p).sum(dim=-1) + 1).clamp_(max=logprobs.shape[-1])
+    if isinstance(logprobs, torch.Tensor):
+        cum = logprobs.double().exp().cumsum(dim=-1)
+    else:
+        cum = np.cumsum(np.exp(np.asarray(logprobs, dtype=np.float64)), axis=-1)
+    return ((cum < top_p).sum(-1) + 1).clip(max=logprobs.shape[-1])
 
 
 #: exp() arguments are clamped here (see row_stats).
@@ -203,8 +203,7 @@ def row_stats(
 @torch.no_grad()
 def truncate_and_stats(
     logits: torch.Tensor,
-    top_p: float,
-    top_k: int,
+    truncation: Truncation,
     gammas: Sequence[float],
     chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -213,10 +212,9 @@ def truncate_and_stats(
     logits: (..., V) any float dtype. Returns indices (N, K) int64, logprobs (N, K) float32,
     counts (N,) int64 and stats {key: (N,) float32}, all on the logits' device, N = rows.
     """
-    check_truncation(top_p, top_k)
     x_all = logits.reshape(-1, logits.shape[-1])
     num_rows, vocab_size = x_all.shape
-    k = min(int(top_k), vocab_size)
+    k = min(truncation.top_k, vocab_size)
     if chunk_rows is None:
         # ~1 MB of float32 per chunk on CPU (temporaries stay in cache); ~1 GB on a GPU (a few
         # float32 temporaries of that size, whatever the batch)
@@ -228,7 +226,7 @@ def truncate_and_stats(
         values, indices = _topk_stable(x, k)
         # logsumexp from the softmax: p(argmax) = exp(max - lse)
         lse = values[:, :1] - probs.gather(1, indices[:, :1]).log()
-        idx, lp, cnt = _finish_truncation(values, indices, lse, top_p, x.shape)
+        idx, lp, cnt = _finish_truncation(values, indices, lse, truncation.top_p, x.shape)
         parts.append((idx, lp, cnt, row_stats(x, gammas, lse=lse, probs=probs)))
     if len(parts) == 1:
         return parts[0]

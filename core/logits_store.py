@@ -40,7 +40,8 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from core.logits_math import check_truncation, stat_keys
+from core.config import Truncation
+from core.logits_math import kept_counts, stat_keys
 from core.types import SparseTeacherBatch
 from core.utils import atomic_write_text
 
@@ -375,7 +376,7 @@ class LogitsStoreWriter:
         missing = required - header.keys()
         if missing:
             raise ValueError(f"store header lacks {sorted(missing)}")
-        check_truncation(header["p_max"], header["k_max"])
+        Truncation(float(header["p_max"]), int(header["k_max"]))  # the store's maximum must be a rule
         self.header = dict(header)
         self.header["k_max"] = min(int(header["k_max"]), int(header["vocab_size"]))
         self.header["gammas"] = [float(g) for g in header["gammas"]]
@@ -566,8 +567,8 @@ class LogitsStore:
         self.kind: str = manifest["kind"]
         self.seq_len: int = int(manifest["seq_len"])
         self.vocab_size: int = int(manifest["vocab_size"])
-        self.p_max: float = float(manifest["p_max"])
-        self.k_max: int = int(manifest["k_max"])
+        self.keeps = Truncation(float(manifest["p_max"]), int(manifest["k_max"]))
+        """The truncation the store keeps: it serves every rule this covers."""
         self.gammas: list[float] = list(manifest["gammas"])
         self.stat_keys: list[str] = list(manifest["stat_keys"])
         self.num_items: int = int(manifest["num_items"])
@@ -585,7 +586,7 @@ class LogitsStore:
         """Open a store, refusing one that does not match what the run expects.
 
         expect: manifest values the run needs. Keys in ``IDENTITY_KEYS`` must be equal;
-        ``top_p``/``top_k`` must be <= the store's p_max/k_max; ``gammas`` must all be stored;
+        ``truncation`` must be a rule the store's ``keeps`` covers; ``gammas`` must all be stored;
         ``num_items`` (or ``num_sequences``) is a minimum. Raises StoreMismatchError (a
         ValueError) with one sentence naming every mismatch.
         """
@@ -702,48 +703,45 @@ class LogitsStore:
                            {k: stats[i] for i, k in enumerate(self.stat_keys)})
 
     # -- derived truncation ---------------------------------------------------------------
-    def _resolve(self, top_p: float | None, top_k: int | None) -> tuple[float, int]:
-        p = self.p_max if top_p is None else float(top_p)
-        k = self.k_max if top_k is None else int(top_k)
-        check_truncation(p, k)
-        if p > self.p_max or k > self.k_max:
-            raise StoreMismatchError(
-                f"logits store {self.path} keeps top-{self.p_max:g}-{self.k_max}; it cannot serve "
-                f"top-{p:g}-{k}.")
-        return p, k
+    def resolve(self, truncation: Truncation | None) -> Truncation:
+        """``truncation`` (None: what the store keeps), refused unless the store covers it."""
+        t = self.keeps if truncation is None else truncation
+        if not t.covered_by(self.keeps):
+            raise StoreMismatchError(f"logits store {self.path} keeps {self.keeps.label}; it cannot serve {t.label}.")
+        return t
 
-    def batch(self, ids, top_p: float | None = None, top_k: int | None = None) -> SparseTeacherBatch:
+    def batch(self, ids, truncation: Truncation | None = None) -> SparseTeacherBatch:
         """The truncated teacher for items ``ids`` (B,): a SparseTeacherBatch (B, T, top_k).
 
-        top_p <= p_max and top_k <= k_max (defaults: the stored ones). Rows keep the smallest
+        ``truncation``: a rule the store covers (default: what it keeps). Rows keep the smallest
         prefix reaching top_p, capped at top_k; the rest is padding (index 0, logprob -inf).
-        With top_p == p_max the stored cut is used as is (exact). With top_p < p_max the cut is
+        With the stored top_p the stored cut is used as is (exact). With a smaller top_p the cut is
         recomputed on the stored log-probabilities, whose probabilities are exact to a relative
         2.44e-4 (VALUE_MAX_ABS_ERROR): it equals the cut made on the original logits unless one
         of the row's first top_k prefixes has a true cumulative mass that close (relatively) to
         top_p. Tensors are on the CPU (not pinned); the caller moves them.
         """
-        p, k = self._resolve(top_p, top_k)
+        t = self.resolve(truncation)
         ids = self._check_ids(ids)
         rows = self.decode(ids)
-        indices, logprobs = self.dense(rows, p, k)
-        shape = (ids.size, self.seq_len, k)
+        indices, logprobs = self.dense(rows, t)
+        shape = (ids.size, self.seq_len, t.top_k)
         return SparseTeacherBatch(
             torch.from_numpy(indices.reshape(shape)),
             torch.from_numpy(logprobs.reshape(shape)),
             {key: torch.from_numpy(v) for key, v in rows.stats.items()},
         )
 
-    def dense(self, rows: DecodedRows, top_p: float | None = None,
-              top_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded rows truncated at (top_p, top_k), as (R, top_k) int64 indices and float32
+    def dense(self, rows: DecodedRows, truncation: Truncation | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded rows truncated at ``truncation``, as (R, top_k) int64 indices and float32
         log-probabilities (padding: 0, -inf), R = rows.counts.size. See ``batch``."""
-        p, k = self._resolve(top_p, top_k)
+        t = self.resolve(truncation)
+        p, k = t.top_p, t.top_k
         counts = rows.counts.reshape(-1)
         num_rows = counts.size
         # scatter the stored rows into a dense (rows, width) layout, width = k when no stored
         # row is longer (the common case), else k_max and cut to k after
-        width = k if num_rows == 0 or counts.max() <= k else self.k_max
+        width = k if num_rows == 0 or counts.max() <= k else self.keeps.top_k
         row_begin = np.cumsum(counts) - counts
         dest = np.arange(counts.sum(), dtype=np.int64)
         dest += np.repeat(np.arange(num_rows, dtype=np.int64) * width - row_begin, counts)
@@ -753,12 +751,9 @@ class LogitsStore:
         logprobs.reshape(-1)[dest] = rows.logprobs
         if width != k:
             indices, logprobs = indices[:, :k].copy(), logprobs[:, :k].copy()
-        if p < self.p_max:
-            # top-p on the stored log-probabilities: keep entries whose preceding mass is < p
-            probs = np.exp(logprobs.astype(np.float64))
-            before = np.cumsum(probs, axis=1)
-            before -= probs
-            drop = before >= p
+        if p < self.keeps.top_p:
+            # the top-p rule (core.logits_math.kept_counts) on the stored log-probabilities
+            drop = np.arange(k)[None, :] >= kept_counts(logprobs, p)[:, None]
             logprobs[drop] = -np.inf
             indices[drop] = 0
         return indices, logprobs
@@ -810,7 +805,7 @@ class LogitsStore:
 
 
 def _expectation_problems(manifest: dict, expect: dict) -> list[str]:
-    allowed = set(IDENTITY_KEYS) | {"top_p", "top_k", "gammas", "num_items", "num_sequences"}
+    allowed = set(IDENTITY_KEYS) | {"truncation", "gammas", "num_items", "num_sequences"}
     unknown = set(expect) - allowed
     if unknown:
         raise ValueError(f"unknown store expectation(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -819,10 +814,9 @@ def _expectation_problems(manifest: dict, expect: dict) -> list[str]:
         if key in expect and expect[key] is not None and manifest.get(key) != expect[key]:
             problems.append(f"{key} is {manifest.get(key)!r} in the store but the run expects "
                             f"{expect[key]!r}")
-    if expect.get("top_p") is not None and float(expect["top_p"]) > manifest["p_max"]:
-        problems.append(f"top_p {expect['top_p']} exceeds the stored p_max {manifest['p_max']}")
-    if expect.get("top_k") is not None and int(expect["top_k"]) > manifest["k_max"]:
-        problems.append(f"top_k {expect['top_k']} exceeds the stored k_max {manifest['k_max']}")
+    wanted, keeps = expect.get("truncation"), Truncation(float(manifest["p_max"]), int(manifest["k_max"]))
+    if wanted is not None and not wanted.covered_by(keeps):
+        problems.append(f"the run reads {wanted.label} but the store keeps {keeps.label}")
     missing = [g for g in expect.get("gammas") or () if float(g) not in manifest["gammas"]]
     if missing:
         problems.append(f"gammas {missing} are not stored (stored: {manifest['gammas']})")
@@ -844,10 +838,9 @@ class StoreLoader:
     yields (ids, SparseTeacherBatch) in the same order.
     """
 
-    def __init__(self, store: LogitsStore, batches: Iterable, top_p: float | None = None,
-                 top_k: int | None = None, prefetch: int = 2):
-        self.store, self.top_p, self.top_k = store, top_p, top_k
-        store._resolve(top_p, top_k)  # fail now, not on the thread
+    def __init__(self, store: LogitsStore, batches: Iterable, truncation: Truncation | None = None,
+                 prefetch: int = 2):
+        self.store, self.truncation = store, store.resolve(truncation)  # fail now, not on the thread
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(iter(batches),), daemon=True,
@@ -858,7 +851,7 @@ class StoreLoader:
         try:
             for ids in batches:
                 ids = np.asarray(ids, dtype=np.int64)
-                item = (ids, self.store.batch(ids, self.top_p, self.top_k))
+                item = (ids, self.store.batch(ids, self.truncation))
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -889,7 +882,7 @@ class StoreLoader:
 
 
 class StoreTeacher:
-    """TeacherSignal read from a logits store, at any top_p <= p_max, top_k <= k_max.
+    """TeacherSignal read from a logits store, at any Truncation the store covers.
 
     Offline stores are keyed by ``sequence_ids``; online stores by capture entry:
     ``entries[example_id]`` when ``entries`` (e.g. a ``store.window(...)``) is given, else the
@@ -898,10 +891,10 @@ class StoreTeacher:
     case a background thread decodes ``prefetch`` batches ahead.
     """
 
-    def __init__(self, store: LogitsStore, top_p: float | None = None, top_k: int | None = None,
+    def __init__(self, store: LogitsStore, truncation: Truncation | None = None,
                  *, prefetch: int = 2, entries: np.ndarray | None = None):
         self.store = store
-        self.top_p, self.top_k = store._resolve(top_p, top_k)
+        self.truncation = store.resolve(truncation)
         self.prefetch = prefetch
         self.entries = None if entries is None else np.asarray(entries, dtype=np.int64)
         if self.entries is not None and store.kind != "online":
@@ -929,7 +922,7 @@ class StoreTeacher:
         if self._loader is not None:
             self._loader.close()
         keys = (self.keys(e, s) for e, s in batches)
-        self._loader = StoreLoader(self.store, keys, self.top_p, self.top_k, self.prefetch)
+        self._loader = StoreLoader(self.store, keys, self.truncation, self.prefetch)
 
     def __call__(self, example_ids, sequence_ids, input_ids=None) -> SparseTeacherBatch:
         keys = self.keys(example_ids, sequence_ids)
@@ -946,7 +939,7 @@ class StoreTeacher:
             # the calls left the announced schedule: stop prefetching, decode here
             self._loader.close()
             self._loader = None
-        return self.store.batch(keys, self.top_p, self.top_k)
+        return self.store.batch(keys, self.truncation)
 
     def close(self) -> None:
         if self._loader is not None:
@@ -954,9 +947,8 @@ class StoreTeacher:
             self._loader = None
 
 
-def kept_stats(store: LogitsStore, top_p: float | None = None, top_k: int | None = None, *,
-               max_rows: int = 1 << 20) -> dict:
-    """Kept-logits statistics of a (top_p, top_k) truncation derived from a store.
+def kept_stats(store: LogitsStore, truncation: Truncation | None = None, *, max_rows: int = 1 << 20) -> dict:
+    """Kept-logits statistics of a truncation derived from a store.
 
     Uses every item when the store has at most ``max_rows`` rows, else ``ceil(max_rows / T)``
     items evenly spaced over the store (deterministic). Sizes are those of a store written at
@@ -965,7 +957,8 @@ def kept_stats(store: LogitsStore, top_p: float | None = None, top_k: int | None
     ``capped_frac``: rows whose top_p prefix was cut by top_k (for k = k_max, counts of a
     top-p-inf truncation are lower bounds on those rows).
     """
-    p, k = store._resolve(top_p, top_k)
+    t = store.resolve(truncation)
+    p, k = t.top_p, t.top_k
     T = store.seq_len
     num_items = store.num_items
     take = min(num_items, -(-max_rows // T))
@@ -974,7 +967,7 @@ def kept_stats(store: LogitsStore, top_p: float | None = None, top_k: int | None
     for chunk in np.array_split(ids, max(1, -(-ids.size // 256))):
         if chunk.size == 0:
             continue
-        _, logprobs = store.dense(store.decode(chunk), p, k)
+        _, logprobs = store.dense(store.decode(chunk), t)
         kept = np.isfinite(logprobs).sum(axis=1)
         mass = np.exp(logprobs.astype(np.float64)).sum(axis=1)
         kept_total += int(kept.sum())

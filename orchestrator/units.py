@@ -147,7 +147,7 @@ def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         on = cfg["online"]
         capture = OnlineCapture(
             out_dir / "online_logits", vocab_size=data.vocab_size, seq_len=data.seq_len,
-            top_p_max=on["top_p"], top_k_max=on["top_k"], gammas=on["gammas"],
+            keeps=Truncation(on["top_p"], on["top_k"]), gammas=on["gammas"],
             teacher_id=cfg["name"], teacher_hash=unit["config_hash"],
             tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
         )
@@ -171,8 +171,8 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
     check_vocab_compatible(model.config.vocab_size, data.vocab_size)
     num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
     path = extract_logits(
-        model, data, out_dir / "store", split="train", top_p_max=store.top_p_max,
-        top_k_max=store.top_k_max, gammas=store.gammas, batch_size=store.batch_size,
+        model, data, out_dir / "store", split="train", keeps=store.keeps, gammas=store.gammas,
+        batch_size=store.batch_size,
         shard_tokens=store.shard_tokens, device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
         teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
         num_sequences=num_sequences,
@@ -196,11 +196,12 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
     from core.logits import LogitsStore, kept_stats
 
     store = LogitsStore.open(store_path)
-    points = {(p, store.k_max) for p in PAPER_TOP_P if p <= store.p_max}
-    points |= {(store.p_max, k) for k in PAPER_TOP_K if k <= store.k_max}
+    keeps = store.keeps
+    points = {(p, keeps.top_k) for p in PAPER_TOP_P if p <= keeps.top_p}
+    points |= {(keeps.top_p, k) for k in PAPER_TOP_K if k <= keeps.top_k}
     row: dict[str, Any] = {"step": 0, "tokens": num_tokens}
     for p, k in sorted(points):
-        st = kept_stats(store, p, k)
+        st = kept_stats(store, Truncation(p, k))
         row[kept_metric_name(p, k)] = st["mean_kept_per_token"]
         row[f"bytes_per_token[p={p:g},k={k}]"] = st["bytes_per_token"]
     storage = store.storage()
@@ -228,7 +229,7 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         store = LogitsStore.open(store_dir, expect={
             "tokenizer_hash": data.tokenizer_hash, "data_hash": data.hash, "seq_len": data.seq_len,
             "vocab_size": data.vocab_size, "teacher_hash": cfg["teacher_hash"],
-            "top_p": trunc.top_p, "top_k": trunc.top_k,
+            "truncation": trunc,
         })
         store.verify()
         if lg["source"] == "online":
@@ -239,10 +240,10 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
             else:
                 entries = store.window(last_tokens=lg["tokens"])
             examples = store.entry_sequence_ids()[entries]
-        teacher = StoreTeacher(store, top_p=trunc.top_p, top_k=trunc.top_k, entries=entries)
+        teacher = StoreTeacher(store, trunc, entries=entries)
         pretrained = cfg.get("teacher_pretrained")
         val_teacher = LiveTeacher(_teacher_model(pretrained, cfg["teacher_hash"], artifacts, device),
-                                  top_p=trunc.top_p, top_k=trunc.top_k, gammas=store.gammas, memoize=True)
+                                  trunc, gammas=store.gammas, memoize=True)
     evaluate = _evaluator(cfg, data, artifacts, device, val_teacher=val_teacher,
                           total_tokens=_total_tokens(tcfg, data))
     result = train(tcfg, model, data, run_dir=out_dir, teacher=teacher, report=rec.report,

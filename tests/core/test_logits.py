@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import Truncation
 from core.logits import (
     VALUE_MAX_ABS_ERROR,
     IndexCodec,
@@ -51,7 +52,7 @@ def reference_truncate(x: np.ndarray, top_p: float, top_k: int):
 
 
 def assert_matches_reference(x, top_p, top_k, margin_tol=1e-6):
-    idx, lp, cnt = truncate_with_counts(torch.from_numpy(x), top_p, top_k)
+    idx, lp, cnt = truncate_with_counts(torch.from_numpy(x), Truncation(top_p, top_k))
     ref_idx, ref_lp, ref_cnt, margin = reference_truncate(x, top_p, top_k)
     ok = margin > margin_tol  # rows whose cumulative mass touches p are ambiguous in float32
     assert ok.mean() > 0.95
@@ -83,7 +84,7 @@ def test_truncate_k_at_least_vocab_keeps_everything_sorted(top_k):
 
 def test_truncate_p_one_is_plain_top_k():
     x = grid_logits((50, 300), seed=3)
-    idx, lp = truncate(torch.from_numpy(x), 1.0, 13)
+    idx, lp = truncate(torch.from_numpy(x), Truncation(1.0, 13))
     assert torch.isfinite(lp).all()
     ref_idx, _, _, _ = reference_truncate(x, 1.0, 13)
     np.testing.assert_array_equal(idx.numpy(), ref_idx)
@@ -93,10 +94,10 @@ def test_truncate_cumulative_mass_rule():
     # probabilities 0.5, 0.3, 0.15, 0.05: p = 0.8 keeps 2 (0.5+0.3 reaches 0.8), p = 0.81 keeps 3
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]], dtype=torch.float64)).float()
     for p, n in [(0.4, 1), (0.5 - 1e-4, 1), (0.79, 2), (0.81, 3), (0.96, 4), (1.0, 4)]:
-        idx, lp = truncate(logits, p, 4)
+        idx, lp = truncate(logits, Truncation(p, 4))
         assert torch.isfinite(lp).sum() == n, p
         assert idx[0, :n].tolist() == [1, 3, 2, 0][:n]
-    idx, lp = truncate(logits, 0.99, 2)  # the k cap wins
+    idx, lp = truncate(logits, Truncation(0.99, 2))  # the k cap wins
     assert idx[0].tolist() == [1, 3] and torch.isfinite(lp).all()
 
 
@@ -138,7 +139,7 @@ def test_truncate_large_vocab_block_path_matches_reference():
 
 def test_truncate_leading_shape_and_dtypes():
     x = torch.from_numpy(grid_logits((2, 3, 5, 50), seed=6))
-    idx, lp = truncate(x.to(torch.bfloat16), 0.8, 10)
+    idx, lp = truncate(x.to(torch.bfloat16), Truncation(0.8, 10))
     assert idx.shape == (2, 3, 5, 10) and lp.shape == (2, 3, 5, 10)
     assert lp.dtype == torch.float32
 
@@ -147,10 +148,10 @@ def test_truncate_rejects_bad_arguments():
     x = torch.zeros(2, 10)
     for p, k in [(0.0, 5), (1.5, 5), (0.9, 0), (0.9, 2.5)]:
         with pytest.raises(ValueError):
-            truncate(x, p, k)
+            truncate(x, Truncation(p, k))
     x[1, 3] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        truncate(x, 0.9, 5)
+        truncate(x, Truncation(0.9, 5))
 
 
 def test_row_stats_match_float64_reference():
@@ -169,8 +170,8 @@ def test_row_stats_match_float64_reference():
         ref = np.log(np.exp(g * logp).sum(1))
         np.testing.assert_allclose(stats[format_gamma(g)].numpy(), ref, rtol=1e-5, atol=1e-5)
     # chunked truncation + stats equals the pieces
-    idx, lpk, cnt, st = truncate_and_stats(torch.from_numpy(x), 0.9, 20, gammas, chunk_rows=7)
-    idx2, lpk2, cnt2 = truncate_with_counts(torch.from_numpy(x), 0.9, 20)
+    idx, lpk, cnt, st = truncate_and_stats(torch.from_numpy(x), Truncation(0.9, 20), gammas, chunk_rows=7)
+    idx2, lpk2, cnt2 = truncate_with_counts(torch.from_numpy(x), Truncation(0.9, 20))
     assert torch.equal(idx, idx2) and torch.equal(cnt, cnt2)
     torch.testing.assert_close(lpk, lpk2, rtol=1e-6, atol=1e-5)  # lse via softmax vs logsumexp
     for key in stats:

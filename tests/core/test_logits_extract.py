@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from core.config import Truncation
 from core.logits import (
     VALUE_MAX_ABS_ERROR,
     LiveTeacher,
@@ -58,7 +59,7 @@ def teacher_logits(model, seqs):
 def test_extraction_equals_truncating_the_forward(tmp_path, model):
     data = FakePackedData()
     # batch_size=1: the reference below runs the same forward calls, so bits agree exactly
-    path = extract_logits(model, data, tmp_path / "s", top_p_max=0.9, top_k_max=40, gammas=[0.7],
+    path = extract_logits(model, data, tmp_path / "s", keeps=Truncation(0.9, 40), gammas=[0.7],
                           batch_size=1, shard_tokens=5 * T, teacher_id="tiny", teacher_hash="th")
     store = LogitsStore.open(path, expect={"data_hash": "fake-data", "tokenizer_hash": "fake-tok",
                                            "teacher_hash": "th", "seq_len": T, "vocab_size": V,
@@ -67,7 +68,7 @@ def test_extraction_equals_truncating_the_forward(tmp_path, model):
     assert [s["num_items"] for s in store.manifest["shards"]] == [5, 5, 5, 5, 2]
     ids = np.array([21, 0, 6])
     logits = torch.cat([teacher_logits(model, data.sequences("train", [i])) for i in ids])
-    idx, lp, _, stats = truncate_and_stats(logits, 0.9, 40, [0.7])
+    idx, lp, _, stats = truncate_and_stats(logits, Truncation(0.9, 40), [0.7])
     batch = store.batch(ids)
     assert torch.equal(batch.indices, idx.reshape(3, T, 40))
     finite = torch.isfinite(lp.reshape(3, T, 40))
@@ -81,14 +82,14 @@ def test_extraction_equals_truncating_the_forward(tmp_path, model):
 
 def test_extraction_from_an_array_of_sequences(tmp_path, model):
     seqs = FakePackedData(seed=3).sequences("train", np.arange(6))
-    path = extract_logits(model, seqs, tmp_path / "a", top_p_max=1.0, top_k_max=8, gammas=[],
+    path = extract_logits(model, seqs, tmp_path / "a", keeps=Truncation(1.0, 8), gammas=[],
                           batch_size=5, shard_tokens=1 << 20, num_sequences=4, **HASHES)
     store = LogitsStore.open(path, expect={"num_sequences": 4, **{k: v for k, v in HASHES.items()}})
     assert store.num_items == 4 and store.stat_keys == ["entropy", "std"]
-    idx, _ = truncate(teacher_logits(model, seqs[:4]), 1.0, 8)
+    idx, _ = truncate(teacher_logits(model, seqs[:4]), Truncation(1.0, 8))
     assert torch.equal(store.batch(np.arange(4)).indices, idx)
     # a complete store is returned at once
-    assert extract_logits(model, seqs, tmp_path / "a", top_p_max=1.0, top_k_max=8, gammas=[],
+    assert extract_logits(model, seqs, tmp_path / "a", keeps=Truncation(1.0, 8), gammas=[],
                           batch_size=5, num_sequences=4, **HASHES) == path
 
 
@@ -98,7 +99,7 @@ class Interrupt(Exception):
 
 def test_interrupted_extraction_resumes_to_a_byte_identical_store(tmp_path, model):
     data = FakePackedData(seed=1)
-    kwargs = dict(top_p_max=0.95, top_k_max=30, gammas=[0.7, 0.8], batch_size=3,
+    kwargs = dict(keeps=Truncation(0.95, 30), gammas=[0.7, 0.8], batch_size=3,
                   shard_tokens=7 * T, **HASHES)
     clean = extract_logits(model, data, tmp_path / "clean", **kwargs)
 
@@ -129,14 +130,14 @@ def test_interrupted_extraction_resumes_to_a_byte_identical_store(tmp_path, mode
     with pytest.raises(Interrupt):
         extract_logits(model, data, tmp_path / "b2", progress=crash_after(3), **kwargs)
     with pytest.raises(StoreMismatchError, match="k_max"):
-        extract_logits(model, data, tmp_path / "b2", **{**kwargs, "top_k_max": 20})
+        extract_logits(model, data, tmp_path / "b2", **{**kwargs, "keeps": Truncation(0.95, 20)})
 
 
 def test_online_capture_windows_select_the_right_sequences(tmp_path, model):
     data = FakePackedData(seed=2)
     captured = {}
-    capture = OnlineCapture(tmp_path / "online", vocab_size=V, seq_len=T, top_p_max=0.95,
-                            top_k_max=20, gammas=[0.7], shard_tokens=5 * T, **HASHES)
+    capture = OnlineCapture(tmp_path / "online", vocab_size=V, seq_len=T, keeps=Truncation(0.95, 20),
+                             gammas=[0.7], shard_tokens=5 * T, **HASHES)
     rng = np.random.default_rng(0)
     order = []
     for step in range(8):
@@ -164,16 +165,16 @@ def test_online_capture_windows_select_the_right_sequences(tmp_path, model):
     np.testing.assert_array_equal(store.window(steps=(2, 4)), np.flatnonzero((steps >= 2) & (steps < 4)))
     # a student trains on the late window's sequences; the teacher reads exactly those entries
     examples = store.entry_sequence_ids(late)
-    teacher = StoreTeacher(store, 0.95, 20, entries=late)
+    teacher = StoreTeacher(store, Truncation(0.95, 20), entries=late)
     batch = teacher(np.array([5, 1]), examples[[5, 1]], None)
     expected = torch.stack([captured[late[5]], captured[late[1]]])
-    idx, lp = truncate(expected, 0.95, 20)
+    idx, lp = truncate(expected, Truncation(0.95, 20))
     assert torch.equal(batch.indices, idx)
 
 
 def test_online_capture_resume_skips_stored_steps(tmp_path, model):
     data = FakePackedData(seed=4)
-    kwargs = dict(vocab_size=V, seq_len=T, top_p_max=0.9, top_k_max=10, gammas=[],
+    kwargs = dict(vocab_size=V, seq_len=T, keeps=Truncation(0.9, 10), gammas=[],
                   shard_tokens=2 * T, **HASHES)
     ids = [np.array([i, i + 1]) for i in range(0, 12, 2)]
     logits = [teacher_logits(model, data.sequences("train", i)) for i in ids]
@@ -198,10 +199,10 @@ def test_online_capture_resume_skips_stored_steps(tmp_path, model):
 
 def test_live_teacher_matches_truncation(model):
     seqs = FakePackedData(seed=5).sequences("train", np.arange(3))
-    teacher = LiveTeacher(model, 0.8, 12, gammas=[0.7])
+    teacher = LiveTeacher(model, Truncation(0.8, 12), gammas=[0.7])
     inputs = torch.from_numpy(seqs[:, :-1])
     batch = teacher(np.arange(3), np.arange(3), inputs)
-    idx, lp, _, stats = truncate_and_stats(teacher_logits(model, seqs), 0.8, 12, [0.7])
+    idx, lp, _, stats = truncate_and_stats(teacher_logits(model, seqs), Truncation(0.8, 12), [0.7])
     assert torch.equal(batch.indices, idx.reshape(3, T, 12))
     assert torch.equal(batch.logprobs, lp.reshape(3, T, 12))
     assert set(batch.stats) == {"entropy", "std", "log_u_0.7"}
@@ -214,8 +215,8 @@ def test_live_teacher_memoize_runs_each_batch_once(model):
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        plain = LiveTeacher(model, 0.8, 12, gammas=[0.7])
-        memo = LiveTeacher(model, 0.8, 12, gammas=[0.7], memoize=True)
+        plain = LiveTeacher(model, Truncation(0.8, 12), gammas=[0.7])
+        memo = LiveTeacher(model, Truncation(0.8, 12), gammas=[0.7], memoize=True)
         ref = plain(np.arange(2), np.arange(2), inputs[:2])
         first = memo(np.arange(2), np.arange(2), inputs[:2])
         calls.clear()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from core.config import Truncation
 from core.logits import (
     VALUE_MAX_ABS_ERROR,
     LogitsStore,
@@ -45,7 +46,7 @@ def write_store(path, logits, p_max=0.95, k_max=50, items_per_shard=3, kind="off
     n = logits.shape[0]
     for first in range(0, n, items_per_shard):
         part = logits[first : first + items_per_shard]
-        idx, lp, cnt, stats = truncate_and_stats(part, p_max, k_max, GAMMAS)
+        idx, lp, cnt, stats = truncate_and_stats(part, Truncation(p_max, k_max), GAMMAS)
         keep = torch.arange(idx.shape[-1]) < cnt[:, None]
         extra = {}
         if kind == "online":
@@ -71,7 +72,7 @@ def test_round_trip_exact_up_to_16_bit_values(store, logits):
     assert len(store.manifest["shards"]) == 4
     ids = [7, 0, 9, 3, 3]
     batch = store.batch(ids)  # at the stored p_max, k_max
-    idx, lp, cnt, stats = truncate_and_stats(logits[ids], 0.95, 50, GAMMAS)
+    idx, lp, cnt, stats = truncate_and_stats(logits[ids], Truncation(0.95, 50), GAMMAS)
     idx, lp = idx.reshape(5, T, 50), lp.reshape(5, T, 50)
     assert batch.indices.shape == (5, T, 50) and batch.indices.dtype == torch.int64
     assert batch.logprobs.dtype == torch.float32
@@ -113,9 +114,9 @@ def ambiguous_rows(logits, top_p, top_k):
 @pytest.mark.parametrize("top_p,top_k", [(0.95, 50), (0.95, 5), (0.9, 50), (0.5, 20), (0.3, 1), (0.8, 7)])
 def test_derived_truncation_equals_truncating_the_logits(store, logits, top_p, top_k):
     ids = list(range(10))
-    batch = store.batch(ids, top_p, top_k)
-    idx, lp = truncate(logits, top_p, top_k)
-    ok = ~ambiguous_rows(logits, top_p, top_k) if top_p < store.p_max else torch.ones(10, T, dtype=torch.bool)
+    batch = store.batch(ids, Truncation(top_p, top_k))
+    idx, lp = truncate(logits, Truncation(top_p, top_k))
+    ok = ~ambiguous_rows(logits, top_p, top_k) if top_p < store.keeps.top_p else torch.ones(10, T, dtype=torch.bool)
     assert ok.float().mean() > 0.95
     assert batch.indices.shape == (10, T, top_k)
     assert torch.equal(batch.indices[ok], idx[ok])
@@ -126,9 +127,9 @@ def test_derived_truncation_equals_truncating_the_logits(store, logits, top_p, t
 
 def test_derived_truncation_beyond_the_store_is_refused(store):
     with pytest.raises(StoreMismatchError, match="top-0.95-50"):
-        store.batch([0], 0.99, 10)
+        store.batch([0], Truncation(0.99, 10))
     with pytest.raises(StoreMismatchError):
-        store.batch([0], 0.9, 51)
+        store.batch([0], Truncation(0.9, 51))
     with pytest.raises(ValueError, match=r"sequence ids must be in \[0, 10\)"):
         store.batch([10])
 
@@ -145,9 +146,10 @@ def test_mismatched_store_is_refused_with_one_clear_sentence(store, key, value):
 
 
 def test_expectations_on_truncation_gammas_and_size(store):
-    LogitsStore.open(store.path, expect={**IDENTITY, "seq_len": T, "vocab_size": V, "top_p": 0.9,
-                                         "top_k": 50, "gammas": [0.7], "num_sequences": 10})
-    for expect, word in [({"top_k": 100}, "top_k"), ({"top_p": 0.99}, "top_p"),
+    LogitsStore.open(store.path, expect={**IDENTITY, "seq_len": T, "vocab_size": V,
+                                         "truncation": Truncation(0.9, 50), "gammas": [0.7], "num_sequences": 10})
+    for expect, word in [({"truncation": Truncation(0.95, 100)}, "top-0.95-100"),
+                         ({"truncation": Truncation(0.99, 50)}, "top-0.99-50"),
                          ({"gammas": [0.5]}, "gammas"), ({"num_sequences": 11}, "needs 11")]:
         with pytest.raises(StoreMismatchError, match=word):
             LogitsStore.open(store.path, expect=expect)
@@ -197,7 +199,7 @@ def test_writer_refuses_to_mix_stores(store):
 
 
 def test_kept_stats_from_store(store, logits):
-    _, lp = truncate(logits, 0.95, 50)
+    _, lp = truncate(logits, Truncation(0.95, 50))
     kept = torch.isfinite(lp).sum(-1).double()
     stats = kept_stats(store)
     assert stats["mean_kept_per_token"] == pytest.approx(kept.mean().item())
@@ -211,8 +213,8 @@ def test_kept_stats_from_store(store, logits):
     assert stats["bytes_per_token"] == pytest.approx(expected_bytes)
     assert stats["dense_fp32_bytes_per_token"] == 4 * V
     # a lower p keeps fewer; sampling a subset is deterministic
-    low = kept_stats(store, 0.5, 10)
-    _, lp_low = truncate(logits, 0.5, 10)
+    low = kept_stats(store, Truncation(0.5, 10))
+    _, lp_low = truncate(logits, Truncation(0.5, 10))
     assert low["mean_kept_per_token"] == pytest.approx(torch.isfinite(lp_low).sum(-1).double().mean().item(), rel=0.01)
     sampled = kept_stats(store, max_rows=3 * T)
     assert sampled["sampled_rows"] == 3 * T and sampled == kept_stats(store, max_rows=3 * T)
@@ -223,9 +225,9 @@ def test_kept_stats_from_store(store, logits):
 
 
 def test_store_teacher_and_loader(store):
-    teacher = StoreTeacher(store, 0.9, 20)
+    teacher = StoreTeacher(store, Truncation(0.9, 20))
     ids = np.array([4, 1, 8])
-    direct = store.batch(ids, 0.9, 20)
+    direct = store.batch(ids, Truncation(0.9, 20))
     got = teacher(np.arange(3), ids, torch.zeros(3, T, dtype=torch.long))
     assert torch.equal(got.indices, direct.indices) and torch.equal(got.logprobs, direct.logprobs)
     with pytest.raises(ValueError, match="16 tokens"):
@@ -234,12 +236,12 @@ def test_store_teacher_and_loader(store):
     teacher.schedule(plan)
     for example_ids, sequence_ids in plan:
         got = teacher(example_ids, sequence_ids, None)
-        assert torch.equal(got.indices, store.batch(sequence_ids, 0.9, 20).indices)
+        assert torch.equal(got.indices, store.batch(sequence_ids, Truncation(0.9, 20)).indices)
     teacher.schedule(plan)
     off_plan = teacher(np.arange(1), np.array([9]), None)  # leaves the schedule: still correct
-    assert torch.equal(off_plan.logprobs, store.batch([9], 0.9, 20).logprobs)
+    assert torch.equal(off_plan.logprobs, store.batch([9], Truncation(0.9, 20)).logprobs)
     teacher.close()
-    loader = StoreLoader(store, [[0, 1], [9], [5, 5, 2]], 0.95, 50, prefetch=1)
+    loader = StoreLoader(store, [[0, 1], [9], [5, 5, 2]], Truncation(0.95, 50), prefetch=1)
     out = list(loader)
     assert [o[0].tolist() for o in out] == [[0, 1], [9], [5, 5, 2]]
     assert torch.equal(out[2][1].indices, store.batch([5, 5, 2]).indices)
@@ -259,11 +261,11 @@ def test_online_store_windows(tmp_path, logits):
     with pytest.raises(ValueError):
         store.window()
     late = store.window(last_tokens=4 * T)
-    teacher = StoreTeacher(store, 0.9, 10, entries=late)
+    teacher = StoreTeacher(store, Truncation(0.9, 10), entries=late)
     examples = store.entry_sequence_ids(late)  # what a student trains on: [15, 16, ...]
     got = teacher(np.array([3, 0]), examples[[3, 0]], None)
-    assert torch.equal(got.indices, store.batch(late[[3, 0]], 0.9, 10).indices)
-    assert torch.equal(got.indices, truncate(logits[late[[3, 0]]], 0.9, 10)[0])
+    assert torch.equal(got.indices, store.batch(late[[3, 0]], Truncation(0.9, 10)).indices)
+    assert torch.equal(got.indices, truncate(logits[late[[3, 0]]], Truncation(0.9, 10))[0])
     with pytest.raises(ValueError, match="captured sequences"):
         teacher(np.array([0]), np.array([99]), None)
     with pytest.raises(StoreError, match="offline"):
