@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -191,27 +192,75 @@ def _divergence(
         sl = torch.cat([sl, q_tail.log().unsqueeze(-1)], dim=-1)
         p = torch.cat([p, t_tail.exp().unsqueeze(-1)], dim=-1)
         q = torch.cat([q, q_tail.unsqueeze(-1)], dim=-1)
+    if kind not in DIVERGENCES:
+        raise ValueError(f"kind must be one of {', '.join(DIVERGENCES)}; got {kind!r}")
+    return DIVERGENCES[kind](Slots(p, q, tl, sl, None if t_tail is not None else r))
 
-    if kind == "nll":
-        return -(p * sl).sum(-1)
-    if kind == "kld":
-        return (p * (tl - sl)).sum(-1)
-    if kind == "reverse_kld":  # tail only (renormalize returned above)
-        return (q * (sl - tl)).sum(-1)
-    if kind == "mse":
-        return (p - q).square().sum(-1)
-    if kind == "jsd":
-        log_m = torch.logaddexp(tl, sl) - _LOG2
-        js = 0.5 * (p * (tl - log_m)).sum(-1) + 0.5 * (q * (sl - log_m)).sum(-1)
-        if t_tail is None:
-            js = js + 0.5 * _LOG2 * r  # off-support: p = 0, m = q / 2
-        return js
-    if kind == "tvd":
-        tv = 0.5 * (p - q).abs().sum(-1)
-        if t_tail is None:
-            tv = tv + 0.5 * r
-        return tv
-    raise ValueError(f"kind must be one of {', '.join(KD_KINDS)}; got {kind!r}")
+
+@dataclass
+class Slots:
+    """A divergence's inputs over the kept slots (B, T, K), or K + 1 with the tail bucket.
+
+    p, q: teacher and student probabilities (0 at pads); tl, sl: their log-probabilities (finite
+    stand-ins at pads); off: with ``renormalize``, the student's mass outside the teacher's
+    support (B, T), whose exact contribution a full-vocabulary divergence adds; None with ``tail``
+    (the bucket already holds it).
+    """
+
+    p: torch.Tensor
+    q: torch.Tensor
+    tl: torch.Tensor
+    sl: torch.Tensor
+    off: torch.Tensor | None
+
+
+DIVERGENCES: dict[str, Callable[[Slots], torch.Tensor]] = {}
+"""The KD divergences by name (core.config.KDKind lists the names a study may choose)."""
+
+
+def divergence(name: str):
+    """Register a divergence (Slots -> (B, T)) under ``name``; a name is registered once."""
+
+    def register(fn):
+        if name in DIVERGENCES:
+            raise ValueError(f"divergence {name!r} is registered twice")
+        DIVERGENCES[name] = fn
+        return fn
+
+    return register
+
+
+@divergence("nll")
+def _nll(s: Slots) -> torch.Tensor:
+    return -(s.p * s.sl).sum(-1)
+
+
+@divergence("kld")
+def _kld(s: Slots) -> torch.Tensor:
+    return (s.p * (s.tl - s.sl)).sum(-1)
+
+
+@divergence("reverse_kld")
+def _reverse_kld(s: Slots) -> torch.Tensor:  # tail only: renormalize takes the route above
+    return (s.q * (s.sl - s.tl)).sum(-1)
+
+
+@divergence("mse")
+def _mse(s: Slots) -> torch.Tensor:
+    return (s.p - s.q).square().sum(-1)
+
+
+@divergence("jsd")
+def _jsd(s: Slots) -> torch.Tensor:
+    log_m = torch.logaddexp(s.tl, s.sl) - _LOG2
+    js = 0.5 * (s.p * (s.tl - log_m)).sum(-1) + 0.5 * (s.q * (s.sl - log_m)).sum(-1)
+    return js if s.off is None else js + 0.5 * _LOG2 * s.off  # off-support: p = 0, m = q / 2
+
+
+@divergence("tvd")
+def _tvd(s: Slots) -> torch.Tensor:
+    tv = 0.5 * (s.p - s.q).abs().sum(-1)
+    return tv if s.off is None else tv + 0.5 * s.off
 
 
 @torch.no_grad()
@@ -254,8 +303,8 @@ def _sparse_kd(
 
 
 def _check_kd_args(kind: str, normalization: str, temperature, student_temperature) -> None:
-    if kind not in KD_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KD_KINDS)}; got {kind!r}")
+    if kind not in DIVERGENCES:
+        raise ValueError(f"kind must be one of {', '.join(DIVERGENCES)}; got {kind!r}")
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {normalization!r}")
     for name, tau in (("temperature", temperature), ("student_temperature", student_temperature)):

@@ -632,3 +632,39 @@ def test_float32_logits_and_realistic_sizes_are_finite():
             parts.loss.backward()
             assert torch.isfinite(parts.loss) and torch.isfinite(z.grad).all(), (kind, normalization)
             z.grad = None
+
+
+# ----------------------------------------------------------------------------------------------
+# The divergence registry
+
+
+def test_every_declared_kd_kind_is_registered_once():
+    from core.config import KD_KINDS
+
+    assert sorted(losses_module.DIVERGENCES) == sorted(KD_KINDS)
+    with pytest.raises(ValueError, match="registered twice"):
+        losses_module.divergence("kld")(lambda s: s.p.sum(-1))
+
+
+def test_a_new_divergence_is_one_registered_function(monkeypatch):
+    """What adding a KD loss takes: one registered function (plus its name in core.config's
+    KDKind so that studies may choose it). Squared Hellinger, tail buckets, against a dense sum."""
+    monkeypatch.setattr(losses_module, "DIVERGENCES", dict(losses_module.DIVERGENCES))
+
+    @losses_module.divergence("hellinger")
+    def _hellinger(s):
+        return 0.5 * ((s.p.sqrt() - s.q.sqrt()) ** 2).sum(-1)
+
+    torch.manual_seed(0)
+    V, K = 40, 6
+    z = torch.randn(2, 3, V)
+    t = torch.randn(2, 3, V).log_softmax(-1)
+    t_lp, t_idx = t.topk(K, dim=-1)
+    got = losses_module.kd_loss(z, t_idx, t_lp, kind="hellinger", normalization="tail")
+    q = z.softmax(-1)
+    q_kept = q.gather(-1, t_idx)
+    p_kept = t_lp.exp()
+    p_all = torch.cat([p_kept, (1 - p_kept.sum(-1, keepdim=True))], -1)
+    q_all = torch.cat([q_kept, (1 - q_kept.sum(-1, keepdim=True))], -1)
+    want = 0.5 * ((p_all.sqrt() - q_all.sqrt()) ** 2).sum(-1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
