@@ -181,3 +181,31 @@ def test_shipped_studies_keep_their_unit_hashes(path):
     plan = build_plan(load_study(ROOT / path))
     got = {u.trial_id: u.config_hash for u in plan.units} | {t: u.config_hash for t, u in plan.aliases}
     assert got == golden
+
+
+def test_optimizer_eps_reaches_adamw(tmp_path):
+    """The 0.1 bug: `optimizer: {eps: ...}` was validated, stored and hashed, then dropped by a
+    hand mapper. Two baselines that differ only in eps now train to different losses."""
+    import torch
+
+    from core.data import prepare_data
+    from core.models import build_model
+    from core.trainer import train
+
+    torch.set_num_threads(1)
+    losses = {}
+    for eps in (1e-8, 1.0):
+        study = {"data": {"vocab_size": 512, "seq_len": 32, "max_corpus_bytes": 300_000},
+                 "base": {"student": "d32l2", "tokens": 20 * 8 * 32, "batch_size": 8, "optimizer": {"eps": eps}},
+                 "eval": {"builtin_tasks": []}}
+        cfg = _units(study)["baseline"]
+        assert cfg["optimizer"]["eps"] == eps
+        tcfg = units.train_config(cfg, "cpu")
+        data = prepare_data(build(DataSpec, cfg["data"]), tmp_path / "artifacts")
+        model = build_model(cfg["student"], data.vocab_size, data.seq_len, seed=cfg["seed"])
+        rows = []
+        train(tcfg, model, data, run_dir=tmp_path / f"eps{eps}", export=False,
+              report=lambda kind, row: rows.append(row) if kind == "metrics" and "lm_loss" in row else None)
+        losses[eps] = rows[-1]["lm_loss"]
+    # eps = 1 swamps sqrt(v) (~1e-3 here): updates are ~lr * m, orders of magnitude smaller.
+    assert losses[1.0] > losses[1e-8] + 0.1, losses
