@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 import annotated_types as at
 
-__all__ = ["ConfigError", "setting", "check_fields", "build", "config_dict", "identity_dict", "field_docs",
+__all__ = ["ConfigError", "setting", "check_fields", "build", "config_dict", "identity_dict", "field_docs", "in_bounds",
            "bounds_of", "bounds_text", "unwrap", "yaml_name", "fmt_value", "EXECUTION_KEY"]
 
 EXECUTION_KEY = "execution"
@@ -119,7 +119,7 @@ def bounds_text(bounds: list[Any]) -> str:
     return ""
 
 
-def _in_bounds(value: Any, bounds: list[Any]) -> bool:
+def in_bounds(value: Any, bounds: list[Any]) -> bool:
     if isinstance(value, float) and math.isnan(value):
         return False
     for b in bounds:
@@ -191,7 +191,7 @@ def _check_value(value: Any, annotation: Any, where: str) -> None:
         ok = isinstance(value, tp)
     if not ok:
         raise ConfigError(where, f"must be {getattr(tp, '__name__', tp)} (got {_show(value)})")
-    if bounds and not _in_bounds(value, bounds):
+    if bounds and not in_bounds(value, bounds):
         raise ConfigError(where, f"{bounds_text(bounds)} (got {_show(value)})")
 
 

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
+import types
 import typing
 from functools import lru_cache
-from typing import Annotated, Any, ClassVar, Literal, Mapping, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, StrictBool,
                       StrictStr, create_model)
 from pydantic_core import PydanticCustomError
 
-from core.config import (DataSpec, EvalConfig, KDConfig, LogitsStoreConfig, TrainConfig, Truncation)
-from core.settings import bounds_text, field_docs, fmt_value, unwrap, yaml_name
+from core.config import (DataSpec, EvalConfig, KDConfig, LogitsStoreConfig, NonNegInt, PosFloat, PosInt, TrainConfig,
+                         Truncation)
+from core.config import NonNegFloat as _NonNegFloat
+from core.schedules import ALPHA_KINDS, AlphaScheduleConfig
+from core.settings import bounds_text, build, field_docs, fmt_value, in_bounds, unwrap, yaml_name
 from core.sizes import MODEL_SIZES
 
 __all__ = ["Study", "RunConfig", "TeacherConfig", "DataConfig", "KDLossConfig", "EvalSection", "LogitsConfig",
@@ -61,9 +64,7 @@ def _bounds_validator(bounds: list[Any]) -> AfterValidator:
     rule = bounds_text(bounds)
 
     def check(value: Any) -> Any:
-        from core.settings import _in_bounds
-
-        if not _in_bounds(value, bounds) or (isinstance(value, float) and math.isnan(value)):
+        if not in_bounds(value, bounds):
             raise fail(f"{rule} (got {show(value)})")
         return value
 
@@ -88,7 +89,7 @@ class _Section(BaseModel):
 def _pyd(annotation: Any) -> Any:
     """The strict pydantic annotation of a core field's annotation."""
     tp, bounds = unwrap(annotation)
-    if get_origin(tp) in (Union, getattr(__import__("types"), "UnionType")):
+    if get_origin(tp) in (Union, types.UnionType):
         members = [_pyd(a) for a in get_args(tp) if a is not type(None)]
         out: Any = members[0] if len(members) == 1 else Union[tuple(members)]
         return out | None if type(None) in get_args(tp) else out
@@ -166,8 +167,6 @@ def section(*classes: type, name: str | None = None) -> type[_Section]:
 
 def to_core(value: _Section, cls: type | None = None) -> Any:
     """The core object a generated section declares (``cls`` picks one of a merged section's)."""
-    from core.settings import build
-
     cls = cls or type(value).core[0]
     data = {}
     for f in dataclasses.fields(cls):
@@ -215,7 +214,7 @@ def unwrap_model_field(annotation: Any) -> type[BaseModel] | None:
     """The section model behind a field annotation (None for a leaf)."""
     while get_origin(annotation) is Annotated:
         annotation = get_args(annotation)[0]
-    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType")):
+    if get_origin(annotation) in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
         return unwrap_model_field(members[0]) if len(members) == 1 else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -240,15 +239,12 @@ def _alpha_shorthand(value: Any) -> Any:
             raise fail(f"must be in [0, 1] (got {show(value)})")
         return {"kind": "constant", "alpha": value}
     if value is None or isinstance(value, (bool, str, list)):
-        from core.schedules import ALPHA_KINDS
-
         raise fail(f"must be a number in [0, 1] or a mapping with kind: {'|'.join(ALPHA_KINDS)} "
                    f"(got {show(value)})")
     return value
 
 
-AlphaSection = section(TrainConfig.__dataclass_fields__["alpha_schedule"].default_factory().__class__,
-                       name="AlphaScheduleConfig")
+AlphaSection = section(AlphaScheduleConfig, name="AlphaScheduleConfig")
 AlphaSection.sweep_replaces = True
 AlphaSection.from_shorthand = staticmethod(_alpha_shorthand)
 
@@ -267,11 +263,9 @@ class LogitsSourceConfig(_Section):
     online: the logits a from-scratch teacher captured while it trained."""
     window: Literal["first", "last"] = "last"
     """online: use the first or the last `tokens` of the teacher's run."""
-    tokens: Annotated[Int, _bounds_validator(typing.get_args(typing.get_type_hints(
-        TrainConfig, include_extras=True)["tokens"])[1:])] | None = None
+    tokens: _pyd(PosInt) | None = None
     """online: window length in teacher-training tokens; None: the student's token budget."""
-    steps: tuple[Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(0)])],
-                 Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(0)])]] | None = None
+    steps: tuple[_pyd(NonNegInt), _pyd(NonNegInt)] | None = None
     """online: an explicit teacher-step range [start, end) instead of window/tokens."""
 
     @staticmethod
@@ -347,15 +341,15 @@ class BaselinesConfig(_Section):
 class ResourcesConfig(_Section):
     """What each trial asks Ray for, and failure handling."""
 
-    cpus_per_trial: Annotated[Float, _bounds_validator([__import__("annotated_types").Gt(0)])] = 1
+    cpus_per_trial: _pyd(PosFloat) = 1
     """CPUs per worker of a trial."""
-    gpus_per_trial: Annotated[Float, _bounds_validator([__import__("annotated_types").Ge(0)])] = 0
+    gpus_per_trial: _pyd(_NonNegFloat) = 0
     """GPUs per worker of a trial."""
-    workers_per_trial: Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(1)])] = 1
+    workers_per_trial: _pyd(PosInt) = 1
     """Data-parallel workers per trial (DDP)."""
-    max_concurrent: Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(1)])] | None = None
+    max_concurrent: _pyd(PosInt) | None = None
     """Trials at once; None: as many as resources allow."""
-    max_retries: Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(0)])] = 1
+    max_retries: _pyd(NonNegInt) = 1
     """Retries of a failed unit before it is recorded as failed."""
 
 
@@ -388,7 +382,7 @@ class Study(_Section):
     vary together (zipped lists of equal length)."""
     grid: dict[StrictStr, list[Any]] = Field(default_factory=dict)
     """Cartesian product from base: `{student: [d32l2, d64l3], kd.temperature: [1, 2]}`."""
-    seeds: list[Annotated[Int, _bounds_validator([__import__("annotated_types").Ge(0)])]] | None = None
+    seeds: list[_pyd(NonNegInt)] | None = None
     """Repeat every trial with each seed (trial ids get `,seed=N`); None: base.seed once."""
     baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     """LM-only baselines."""

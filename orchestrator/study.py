@@ -16,14 +16,12 @@ from typing import Mapping, Sequence
 
 from pydantic import PrivateAttr
 
-from core.config import BUILTIN_TASKS  # noqa: F401 - re-exported
 from core.utils import stable_hash
 from orchestrator import expand as _expand
 from orchestrator.errors import StudyError
 from orchestrator.expand import LogitsSpec, TeacherSpec, TrialSpec, expand
-from orchestrator.identity import CONFIG_VERSION  # noqa: F401 - re-exported
-from orchestrator.overrides import apply_overrides, short_name  # noqa: F401 - re-exported
-from orchestrator.schema import KDLossConfig, RunConfig, TeacherConfig  # noqa: F401 - re-exported
+from orchestrator.overrides import apply_overrides
+from orchestrator.schema import RunConfig
 from orchestrator.schema import Study as _StudySchema
 from orchestrator.validation import check
 from orchestrator.yaml_io import load_study_dict, parse_yaml

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import re
+import typing
 from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import KDConfig, LogitsStoreConfig, TrainConfig, Truncation
+from core.config import LogitsStoreConfig, TrainConfig, Truncation
 from core.settings import ConfigError, unwrap, yaml_name
 from orchestrator.errors import StudyError
 from orchestrator.expand import is_lm_only, online_keeps
@@ -111,7 +111,7 @@ def _yaml_path(cls: type, field_path: str) -> str:
         f = fields.get(part)
         out.append(yaml_name(f) if f else part)
         if f is not None:
-            tp = unwrap(f.type if not isinstance(f.type, str) else __import__("typing").get_type_hints(cls)[part])[0]
+            tp = unwrap(typing.get_type_hints(cls)[part])[0]
             args = [a for a in getattr(tp, "__args__", ()) if a is not type(None)]
             cls = tp if dataclasses.is_dataclass(tp) else (args[0] if len(args) == 1 else None)
     return ".".join(out)
