@@ -177,3 +177,24 @@ def test_two_process_gloo_ddp_matches_one_process(data, tmp_path):
     train(cfg, build_model("d32l2", data.vocab_size, data.seq_len, seed=5), data, run_dir=tmp_path / "one",
           report=report, export=False)
     np.testing.assert_allclose(ddp_losses, [r["loss"] for r in rows], rtol=1e-5)
+
+
+class _Payload:
+    """An object a pickle-based checkpoint would construct (i.e. code run at load time)."""
+
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoints_are_data_not_code(data, tmp_path):
+    from core.trainer import load_checkpoint
+
+    cfg = TrainConfig(tokens=4 * 8 * data.seq_len, batch_size=8, checkpoint_every_steps=2)
+    train(cfg, build_model("d32l2", data.vocab_size, data.seq_len, seed=0), data, run_dir=tmp_path, export=False)
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=True)  # loads as plain data
+    assert state["step"] == 4 and isinstance(state["rng"]["numpy"]["keys"], torch.Tensor)
+    evil = tmp_path / "evil" / "checkpoint"
+    evil.mkdir(parents=True)
+    torch.save({"model": {}, "payload": _Payload()}, evil / "state.pt")
+    with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
+        load_checkpoint(evil)
