@@ -7,19 +7,19 @@ Format (reference/peng2025_results.csv): one row per run and benchmark, columns
 A run is one distinct (table, run, student, teacher, tokens_b, step, factor, value).
 Its baseline is an LM-only run with the same student, tokens_b and step: one named "lm" first,
 from the same table first, else the lowest-numbered table (so WSD-LR rows of table 5 compare to
-the plain LM run, as the paper does). This module reads files only; commands.import_command writes.
+the plain LM run, as the paper does). This module reads files only; commands.import_command stores them (results.import_external).
 """
 from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.results import Results, flatten_config, stable_hash
+from analysis.results import stable_hash
+from results import EVAL_COLUMNS, METRIC_COLUMNS, ImportedRun, Results, flatten_config
 
 __all__ = ["REQUIRED_COLUMNS", "ExternalRun", "read_external_csv", "external_runs",
            "results_from_external", "reference_table", "reference_results"]
@@ -32,14 +32,9 @@ LM_RUN_NAMES = {"lm", "llm-lm", "baseline", "lm_only"}
 NO_TEACHER = {"", "none", "null", "nan"}
 
 
-@dataclass(frozen=True)
-class ExternalRun:
-    config_hash: str
-    trial_id: str
-    factor: str | None
-    value: str | None
-    config: dict
-    evals: list[dict] = field(default_factory=list)
+ExternalRun = ImportedRun
+"""One run of the CSV (config_hash, trial_id, factor, value, config, evals): what
+results.import_external stores."""
 
 
 def read_external_csv(source) -> pd.DataFrame:
@@ -156,8 +151,6 @@ def results_from_external(df: pd.DataFrame, study: str) -> Results:
         records.append(rec)
         configs[r.config_hash] = r.config
         evals += [{"run_id": n, "config_hash": r.config_hash, "trial_id": r.trial_id, **e} for e in r.evals]
-    from analysis.results import EVAL_COLUMNS, METRIC_COLUMNS
-
     return Results(study=study, spec={"source": "external"}, runs=pd.DataFrame.from_records(records),
                    metrics=pd.DataFrame(columns=METRIC_COLUMNS),
                    evals=pd.DataFrame.from_records(evals, columns=EVAL_COLUMNS), configs=configs)

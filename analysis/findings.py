@@ -34,7 +34,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from analysis.results import Results, final_losses
+from results import Results, attach_baseline, final_losses
 from analysis.tables import _label, parse_param_count
 
 __all__ = ["Finding", "Noise", "NoiseBook", "noise_book", "check_findings", "factorial_effects", "pd_pairs", "estimate_noise", "findings_frame", "study_key",
@@ -130,8 +130,8 @@ def pd_pairs(results: Results) -> pd.DataFrame:
     if runs.empty or results.metrics.empty:
         return pd.DataFrame(columns=cols)
     final = final_losses(results).drop_duplicates("run_id").set_index("config_hash")["val_loss"]
-    by_hash = runs.drop_duplicates("config_hash").set_index("config_hash")
-    st = runs[(runs["kind"] == "student") & (runs["status"] == "completed")]
+    paired = attach_baseline(runs.assign(val_loss=runs["config_hash"].map(final)), "val_loss", out="lm")
+    st = paired[(paired["kind"] == "student") & (paired["status"] == "completed")]
     out = pd.DataFrame({
         "study": results.study, "trial_id": st["trial_id"], "group": st["trial_id"].map(_label),
         "seed": _col(st, "seed"), "student": _col(st, "student"),
@@ -142,10 +142,7 @@ def pd_pairs(results: Results) -> pd.DataFrame:
         "alpha_kind": _col(st, "alpha_schedule.kind"), "alpha": _col(st, "alpha_schedule.alpha"),
         "lr_kind": _col(st, "lr_schedule.kind"), "source": _col(st, "logits.source"),
         "window": _col(st, "logits.window"),
-        "pd": st["config_hash"].map(final),
-        "lm": _col(st, "baseline_hash", None).map(lambda h: final.get(h, np.nan) if isinstance(h, str) else np.nan),
-        "baseline_trial_id": _col(st, "baseline_hash", None).map(
-            lambda h: by_hash["trial_id"].get(h) if isinstance(h, str) and h in by_hash.index else None),
+        "pd": st["val_loss"], "lm": st["lm"], "baseline_trial_id": st["baseline_trial_id"],
     })
     out["config_hash"] = st["config_hash"]
     out = out[out["pd"].notna() & out["lm"].notna()].copy()
@@ -541,20 +538,18 @@ def gains_over_training(results: Results) -> pd.DataFrame:
     if m.empty:
         return pd.DataFrame(columns=cols)
     m = m[(m["name"] == "val_loss") & m["value"].notna()].drop_duplicates(["run_id", "step"])
-    runs = results.runs.drop_duplicates("config_hash").set_index("config_hash")
-    rows = []
-    for h, r in runs[(runs["kind"] == "student") & (runs["status"] == "completed")].iterrows():
-        b = r.get("baseline_hash")
-        if not isinstance(b, str) or b not in runs.index:
-            continue
-        a = m[m["config_hash"] == h].set_index("tokens")["value"]
-        c = m[m["config_hash"] == b].set_index("tokens")["value"]
-        for t in a.index.intersection(c.index):
-            if t <= 0:  # the evaluation before training: both are the same initial model
-                continue
-            rows.append({"trial_id": r["trial_id"], "student": r.get("student"), "tokens": float(t),
-                         "lm": float(c[t]), "pd": float(a[t]), "gain_pct": 100.0 * (c[t] - a[t]) / c[t]})
-    return pd.DataFrame(rows, columns=cols).sort_values(["trial_id", "tokens"]).reset_index(drop=True)
+    runs = results.runs.drop_duplicates("config_hash")
+    info = runs[["config_hash", "trial_id", "kind", "status"]].assign(
+        baseline_hash=_col(runs, "baseline_hash", None), student=_col(runs, "student", None))
+    curves = m[["config_hash", "tokens", "value"]].merge(info, on="config_hash")
+    paired = attach_baseline(curves, "value", on="tokens", fallback_last=False, out="lm")
+    paired = paired[(paired["kind"] == "student") & (paired["status"] == "completed") & paired["lm"].notna()
+                    & (paired["tokens"] > 0)]  # tokens 0: the evaluation before training, one initial model
+    out = pd.DataFrame({"trial_id": paired["trial_id"], "student": paired["student"],
+                        "tokens": paired["tokens"].astype(float), "lm": paired["lm"].astype(float),
+                        "pd": paired["value"].astype(float)})
+    out["gain_pct"] = 100.0 * (out["lm"] - out["pd"]) / out["lm"]
+    return out[cols].sort_values(["trial_id", "tokens"]).reset_index(drop=True)
 
 
 def _long(R, noise, f: Finding):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from analysis.results import Results
+from results import Results
 from analysis.scaling import (FitResult, fit_chinchilla, fit_distillation_law, fit_power_law,
                               fit_supervised_law)
 from analysis.tables import run_info

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.results import Results, load_results
+from results import Results, load_results
 
 __all__ = ["write_report", "render_report"]
 
@@ -124,7 +124,7 @@ def _fits_html(all_fits: dict, bootstrap: int) -> str:
 def render_report(results: Results, *, kept_stats: pd.DataFrame | None = None, bootstrap: int = 200,
                   reference: bool = True) -> str:
     """The report's HTML text (see write_report)."""
-    from analysis.commands import make_figures
+    from analysis.study_figures import make_figures
     from analysis.tables import delta_table, loss_delta_table, run_scores, to_html
 
     title = f"pdspace report: {html.escape(results.study)}"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.findings import (NOT_REPRODUCED, REPRODUCED, WITHIN_NOISE, check_findings, factorial_effects,
                                findings_frame, gains_over_training, is_pd_star, pd_pairs, study_key)
-from analysis.results import Results, load_results
+from results import Results, list_studies, load_results
 
 __all__ = ["load_suite", "render_suite_report", "write_suite_report", "findings_text", "PAPER_TABLES"]
 
@@ -137,7 +137,7 @@ def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
     """{name: Figure} and {name: why not drawn} for the paper's Figures 1-5 over the suite: each on
     benchmark scores with the paper's numbers overlaid, and Figures 2-4 again on the held-out loss gain."""
     from analysis import figures as F
-    from analysis.commands import _loss_curves, kept_stats_from_db
+    from analysis.study_figures import kept_frame, loss_curves
 
     figs, skipped = {}, {}
 
@@ -157,7 +157,7 @@ def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
             ("fig2_delta_vs_top_p", "fig2", "top_p", "top_k", 100.0, F.figure2),
             ("fig3_delta_vs_top_k", "fig3", "top_k", "top_p", 0.95, F.figure3)):
         if got := need(name, FIGURE_SOURCES[key]):
-            kept = kept_stats_from_db(got[0])
+            kept = kept_frame(got[0])
             if kept is not None:  # the paper's lines: top-p-k at the k, or top-0.95-k and top-1.0-k
                 kept = (kept[(kept["k"] - value).abs() < 1e-9] if vary == "top_p"
                         else kept[kept["p"].isin([value, 1.0])])
@@ -177,7 +177,7 @@ def suite_figures(R: Mapping[str, Results]) -> tuple[dict, dict]:
             ylabel="held-out loss gain vs LM-only (%)"), figs, skipped)
     if got := need("fig5_score_vs_tokens", FIGURE_SOURCES["fig5"]):
         _fig("fig5_score_vs_tokens", lambda: F.figure5(_scores(got), reference=True), figs, skipped)
-        curves = _loss_curves(got[0])
+        curves = loss_curves(got[0])
         if not curves.empty:
             figs["fig5_loss_vs_tokens"] = F.plot_loss_curves(curves, title="Held-out loss over training (long run)")
     return figs, skipped
@@ -386,8 +386,6 @@ def render_suite_report(results: Mapping[str, Results], *, missing: list[str] = 
 def load_suite(db_url: str, studies: list[str]) -> tuple[dict[str, Results], list[str]]:
     """({name: Results} of the studies the database holds, [names it does not hold yet]);
     ValueError when it holds none of them."""
-    from analysis.results import list_studies
-
     known = set(list_studies(db_url))
     missing = [s for s in studies if s not in known]
     if len(missing) == len(studies):

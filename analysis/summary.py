@@ -1,92 +1,34 @@
-"""The run summary `pdspace run` ends with, and the per-run results table: read from the database.
+"""The run summary `pdspace run` ends with: PD vs LM-only on held-out loss, paired by seed, read
+through the results package.
 
 Every number here comes from a run row (final `val_loss` = the held-out loss at a run's last
-evaluation step); the tables name the trial ids they were computed from.
+evaluation step); the table names the trial ids it was computed from. (`pdspace results`' per-run
+table is results.results_frame.)
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import text
 
 from analysis.tables import _label
-from orchestrator.db import make_engine
-
-
-def _frames(db_url: str, study: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    engine = make_engine(db_url, read_only=True)
-    try:
-        with engine.connect() as conn:
-            runs = pd.read_sql(text(
-                "SELECT sr.trial_id, sr.factor, sr.value, r.id AS run_id, r.kind, r.status, r.config, "
-                "r.config_hash, r.duration_s, r.error FROM study_runs sr JOIN studies s ON s.id = sr.study_id "
-                "JOIN runs r ON r.id = sr.run_id WHERE s.name = :study ORDER BY sr.id"), conn, params={"study": study})
-            if runs.empty:
-                exists = conn.execute(text("SELECT 1 FROM studies WHERE name = :s"), {"s": study}).first()
-                if not exists:
-                    raise ValueError(f"no study named {study!r} in the database")
-            final = pd.read_sql(text(
-                "SELECT m.run_id, m.name, m.value, m.step, m.tokens FROM metrics m JOIN "
-                "(SELECT run_id, MAX(step) AS step FROM metrics WHERE name = 'val_loss' GROUP BY run_id) last "
-                "ON last.run_id = m.run_id AND last.step = m.step "
-                "WHERE m.name IN ('val_loss', 'teacher_kl', 'top1_agreement')"), conn)
-            evals = pd.read_sql(text(
-                "SELECT e.run_id, e.task, e.metric, e.value, e.stderr, e.step FROM evals e JOIN "
-                "(SELECT run_id, MAX(step) AS step FROM evals GROUP BY run_id) last "
-                "ON last.run_id = e.run_id AND last.step = e.step"), conn)
-    finally:
-        engine.dispose()
-    import json
-
-    runs["config"] = runs["config"].map(lambda c: json.loads(c) if isinstance(c, str) else c)
-    wide = final.pivot_table(index="run_id", columns="name", values="value", aggfunc="first")
-    runs = runs.merge(wide, left_on="run_id", right_index=True, how="left")
-    return runs, evals
-
-
-def results_table(db_url: str, study: str) -> pd.DataFrame:
-    """One row per trial: id, kind, status, student/teacher/seed/tokens/α/kd, final metrics, evals."""
-    runs, evals = _frames(db_url, study)
-    out = pd.DataFrame({
-        "trial_id": runs["trial_id"], "kind": runs["kind"], "status": runs["status"],
-        "student": runs["config"].map(lambda c: c.get("student") or c.get("size")),
-        "teacher": runs["config"].map(lambda c: c.get("teacher")),
-        "seed": runs["config"].map(lambda c: c.get("seed")),
-        "tokens": runs["config"].map(lambda c: c.get("tokens") or c.get("num_tokens")),
-        "alpha": runs["config"].map(lambda c: (c.get("alpha_schedule") or {}).get("alpha")),
-        "kd": runs["config"].map(lambda c: (c.get("kd") or {}).get("kind")),
-    })
-    for col in ("val_loss", "teacher_kl", "top1_agreement"):
-        if col in runs:
-            out[col] = runs[col].round(4)
-    if not evals.empty:
-        acc = evals[evals["metric"].isin(["acc", "acc_norm", "exact_match"])]
-        wide = acc.pivot_table(index="run_id", columns="task", values="value", aggfunc="first").round(4)
-        out = out.join(runs[["run_id"]]).merge(wide, left_on="run_id", right_index=True, how="left")
-        out = out.drop(columns="run_id")
-    out["duration_s"] = runs["duration_s"].round(1)
-    out["config_hash"] = runs["config_hash"].str[:10]
-    return out
+from results import attach_baseline, final_run_metrics
 
 
 def paired_gains(db_url: str, study: str) -> pd.DataFrame:
     """Per KD trial group (trial id without its seed): LM and PD held-out losses paired by seed."""
-    runs, _ = _frames(db_url, study)
+    runs = final_run_metrics(db_url, study)
     if "val_loss" not in runs:
         return pd.DataFrame()
-    by_hash = runs.drop_duplicates("config_hash").set_index("config_hash")
+    runs = runs.assign(baseline_hash=runs["config"].map(lambda c: c.get("baseline_hash")))
+    paired = attach_baseline(runs, "val_loss", out="lm")
     rows = []
-    for _, r in runs[runs["kind"] == "student"].iterrows():
-        bh = r["config"].get("baseline_hash")
-        if not bh or bh not in by_hash.index:
+    for _, r in paired[paired["kind"] == "student"].iterrows():
+        if pd.isna(r["val_loss"]) or pd.isna(r["lm"]):
             continue
-        pd_loss, lm_loss = r.get("val_loss"), by_hash.loc[bh].get("val_loss")
-        if pd.isna(pd_loss) or pd.isna(lm_loss):
-            continue
-        group = _label(r["trial_id"])
-        rows.append({"group": group, "student": r["config"]["student"], "seed": r["config"]["seed"],
-                     "trial_id": r["trial_id"], "baseline_trial_id": by_hash.loc[bh]["trial_id"],
-                     "lm": float(lm_loss), "pd": float(pd_loss), "gain": float(lm_loss) - float(pd_loss)})
+        rows.append({"group": _label(r["trial_id"]), "student": r["config"]["student"], "seed": r["config"]["seed"],
+                     "trial_id": r["trial_id"], "baseline_trial_id": r["baseline_trial_id"],
+                     "lm": float(r["lm"]), "pd": float(r["val_loss"]),
+                     "gain": float(r["lm"]) - float(r["val_loss"])})
     return pd.DataFrame(rows)
 
 

@@ -6,7 +6,8 @@ Conventions (PAPER.md):
     Δ (%)       relative change of the average vs the baseline: (S_PD − S_LM) / S_LM · 100
     loss gain   (L_LM − L_PD) / L_LM · 100, positive when distillation lowers the held-out loss
     scores      in percent (lm-eval accuracies in [0, 1] are scaled by 100)
-A student's baseline is the run whose config_hash equals the student's `baseline_hash`; runs that
+A student's baseline is the run whose config_hash equals the student's `baseline_hash`
+(results.attach_baseline: at the same evaluation step, else at the baseline's last); runs that
 differ only in their seed form one condition.
 """
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.results import Results, final_losses, stable_hash
+from analysis.results import stable_hash
+from results import Results, attach_baseline, final_losses
 
 __all__ = [
     "run_info",
@@ -185,7 +187,7 @@ def run_scores(results: Results, *, tasks: Sequence[str] | None = None) -> pd.Da
     df = info.merge(wide, on="run_id", how="inner")
     last = df.groupby("series")["step"].transform("max")
     df["final"] = df["step"] == last
-    df = _attach_baseline(df, "average", "baseline_average")
+    df = attach_baseline(df, "average", on="step", out="baseline_average")
     df["delta_pct"] = (df["average"] - df["baseline_average"]) / df["baseline_average"] * 100.0
     cols = INFO_COLUMNS + ["step", "tokens", "final"] + task_cols + ["average", "baseline_average",
                                                                     "delta_pct"]
@@ -205,20 +207,6 @@ def _pick_metric(ev: pd.DataFrame) -> pd.DataFrame:
 
 def _task_order(tasks: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(tasks))
-
-
-def _attach_baseline(df: pd.DataFrame, col: str, out_col: str) -> pd.DataFrame:
-    """out_col = the baseline run's `col` at the same step (else at the baseline's last step)."""
-    base = df[["config_hash", "step", col]].drop_duplicates(["config_hash", "step"])
-    same = df[["baseline_hash", "step"]].merge(
-        base.rename(columns={"config_hash": "baseline_hash", col: "_same"}),
-        on=["baseline_hash", "step"], how="left")["_same"].to_numpy()
-    last = base.loc[base.groupby("config_hash")["step"].idxmax()].set_index("config_hash")[col]
-    fallback = df["baseline_hash"].map(last).to_numpy(dtype=float)
-    df = df.copy()
-    df[out_col] = np.where(np.isnan(same.astype(float)), fallback, same.astype(float))
-    df.loc[df["baseline_hash"].isna(), out_col] = np.nan
-    return df
 
 
 def _condition_table(df: pd.DataFrame, value_cols: list[str], main: str, delta_col: str) -> pd.DataFrame:
@@ -298,7 +286,7 @@ def loss_delta_table(results: Results, *, metric: str = "val_loss") -> pd.DataFr
     if fl.empty or info.empty:
         raise ValueError(f"no {metric} metrics to tabulate")
     df = info.merge(fl[["run_id", "step", metric]].drop_duplicates("run_id"), on="run_id")
-    df = _attach_baseline(df, metric, f"baseline_{metric}_run")
+    df = attach_baseline(df, metric, on="step", out=f"baseline_{metric}_run")
     df["gain"] = (df[f"baseline_{metric}_run"] - df[metric]) / df[f"baseline_{metric}_run"] * 100.0
     out = _condition_table(df, [metric], metric, "gain")
     out["gain_pct"] = (out[f"baseline_{metric}"] - out[metric]) / out[f"baseline_{metric}"] * 100.0

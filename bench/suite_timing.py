@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.db import make_engine, resolve_db_url  # noqa: E402
+from results import resolve_db_url, status_rows  # noqa: E402
 
 
 
@@ -53,19 +52,14 @@ def main() -> None:
     ap.add_argument("--since", type=float, default=None,
                     help="epoch seconds: also replay, merged, only the units started after it, next to their wall time")
     args = ap.parse_args()
-    from orchestrator.cli import _study_files
+    from cli.main import study_files
     from orchestrator.plan import build_plan
     from orchestrator.study import load_study
 
-    studies = [load_study(f) for f in _study_files(args.folder)]
+    studies = [load_study(f) for f in study_files(args.folder)]
     names = [s.name for s in studies]
-    engine = make_engine(resolve_db_url(args.db), read_only=True)
-    with engine.connect() as conn:
-        units = pd.read_sql(text(
-            "SELECT s.name AS study, sr.trial_id, r.config_hash, r.kind, r.status, r.started_at, r.finished_at, "
-            "r.duration_s FROM study_runs sr JOIN studies s ON s.id = sr.study_id JOIN runs r ON r.id = sr.run_id"),
-            conn)
-    engine.dispose()
+    units = status_rows(resolve_db_url(args.db))[["study", "trial_id", "config_hash", "kind", "status", "started_at",
+                                                  "finished_at", "duration_s"]]
     units = units[units["study"].isin(names)]
     done = units[units["status"] == "completed"].copy()
     for c in ("started_at", "finished_at"):

@@ -150,20 +150,9 @@ def existing_status(db_url: str | None, plan: Plan) -> dict[str, str]:
     """config_hash -> status for the plan's units already in the database (any study)."""
     if not db_url:
         return {}
-    from sqlalchemy import select
+    from results import unit_statuses
 
-    from orchestrator.db import Run, make_engine
-
-    engine = make_engine(db_url, read_only=db_url.startswith("sqlite"))
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(select(Run.config_hash, Run.status).where(
-                Run.config_hash.in_([u.config_hash for u in plan.units]))).all()
-    except Exception:  # noqa: BLE001 - a database without our tables yet holds nothing
-        return {}
-    finally:
-        engine.dispose()
-    return {h: s for h, s in rows}
+    return unit_statuses(db_url, [u.config_hash for u in plan.units])
 
 
 def _human(n: float, unit: str = "") -> str:

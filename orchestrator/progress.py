@@ -8,28 +8,18 @@ import threading
 import time
 from typing import Any
 
-from sqlalchemy import select
-
-from orchestrator.db import Metric, Run, session_scope
-from orchestrator.recorder import engine_for
+import results
 
 
 def snapshot(db_url: str, hashes: dict[str, str]) -> dict[str, Any]:
     """Status counts and per-running-unit latest metrics for the units in ``hashes`` (hash -> label)."""
-    with session_scope(engine_for(db_url)) as s:
-        rows = s.execute(select(Run.id, Run.config_hash, Run.status).where(Run.config_hash.in_(list(hashes)))).all()
-        counts = {"pending": 0, "running": 0, "completed": 0, "failed": 0}
-        running = []
-        for run_id, h, status in rows:
-            counts[status] = counts.get(status, 0) + 1
-            if status == "running":
-                last = s.execute(
-                    select(Metric.step, Metric.tokens, Metric.value)
-                    .where(Metric.run_id == run_id, Metric.name == "loss")
-                    .order_by(Metric.step.desc()).limit(1)
-                ).first()
-                running.append((hashes[h], last))
-        return {"counts": counts, "running": running}
+    counts = {"pending": 0, "running": 0, "completed": 0, "failed": 0}
+    running = []
+    for h, status, last in results.unit_progress(db_url, hashes, metric="loss"):
+        counts[status] = counts.get(status, 0) + 1
+        if status == "running":
+            running.append((hashes[h], last))
+    return {"counts": counts, "running": running}
 
 
 class LiveView:

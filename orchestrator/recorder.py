@@ -1,32 +1,19 @@
-"""Writes what a unit of work produces into the database: status, metrics, evals, artifacts.
-
-Rows are upserted on their natural keys (run, step, name) so a resumed run that re-reports the
-steps after its last checkpoint neither duplicates nor loses a row.
-"""
+"""The database side of one unit of work, through the results package: its status (with host,
+package versions and git revision), the trainer's metrics and evaluations, artifacts, and the
+kept-logits statistics of a logits store."""
 from __future__ import annotations
 
 import os
 import platform
 import socket
 import subprocess
-import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from sqlalchemy.engine import Engine
-
-from orchestrator.db import Artifact, Eval, Metric, Run, make_engine, session_scope, utcnow
+import results
 
 TRACKED_PACKAGES = ("pdspace", "torch", "transformers", "tokenizers", "ray", "lm_eval", "sqlalchemy", "numpy")
-_ENGINES: dict[str, Engine] = {}
-
-
-def engine_for(db_url: str) -> Engine:
-    """One engine per URL per process (workers reuse theirs across units)."""
-    if db_url not in _ENGINES:
-        _ENGINES[db_url] = make_engine(db_url)
-    return _ENGINES[db_url]
 
 
 def package_versions() -> dict[str, str]:
@@ -50,55 +37,25 @@ def git_revision() -> str | None:
         return None
 
 
-def _upsert(session: Any, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    if not rows:
-        return
-    dialect = session.bind.dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # portable fallback: delete-then-insert on the key
-        for row in rows:
-            cond = [getattr(model, k) == row[k] for k in keys]
-            session.query(model).filter(*cond).delete()
-            session.add(model(**row))
-        return
-    stmt = insert(model).values(rows)
-    updatable = {c: stmt.excluded[c] for c in rows[0] if c not in keys}
-    session.execute(stmt.on_conflict_do_update(index_elements=keys, set_=updatable))
-
-
 class RunRecorder:
-    """The database side of one run; its ``report`` method is the trainer's callback."""
+    """Records one run; its ``report`` method is the trainer's callback."""
 
     def __init__(self, db_url: str, run_id: int):
         self.db_url = db_url
         self.run_id = run_id
-        self.engine = engine_for(db_url)
         self.last_metrics: dict[str, Any] = {}
 
+    @classmethod
+    def for_unit(cls, db_url: str, config_hash: str) -> "RunRecorder":
+        """The recorder of the registered run with this config hash."""
+        return cls(db_url, results.run_id_for(db_url, config_hash))
+
     def start(self, artifact_dir: str | None = None) -> None:
-        with session_scope(self.engine) as s:
-            run = s.get(Run, self.run_id)
-            run.status = "running"
-            run.attempts = (run.attempts or 0) + 1
-            run.error = None
-            run.started_at = run.started_at or utcnow()
-            run.host = socket.gethostname()
-            run.versions = package_versions()
-            run.git_rev = git_revision()
-            if artifact_dir:
-                run.artifact_dir = str(artifact_dir)
+        results.start_run(self.db_url, self.run_id, host=socket.gethostname(), versions=package_versions(),
+                          git_rev=git_revision(), artifact_dir=artifact_dir)
 
     def finish(self, status: str, error: str | None = None) -> None:
-        with session_scope(self.engine) as s:
-            run = s.get(Run, self.run_id)
-            run.status = status
-            run.error = error
-            run.finished_at = utcnow()
-            if run.started_at is not None:
-                run.duration_s = (run.finished_at - run.started_at).total_seconds()
+        results.finish_run(self.db_url, self.run_id, status, error)
 
     def report(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == "metrics":
@@ -106,32 +63,22 @@ class RunRecorder:
         elif kind == "eval":
             self.evals([payload])
 
-    def metrics(self, payload: dict[str, Any]) -> None:
+    def metrics(self, payload: Mapping[str, Any]) -> None:
+        """payload: step, tokens and any number of named values (None or float)."""
         step, tokens = int(payload["step"]), int(payload["tokens"])
-        now = time.time()
-        rows = [
-            {"run_id": self.run_id, "step": step, "tokens": tokens, "name": k,
-             "value": None if v is None else float(v), "wall_time": now}
-            for k, v in payload.items() if k not in ("step", "tokens")
-        ]
-        with session_scope(self.engine) as s:
-            _upsert(s, Metric, rows, ["run_id", "step", "name"])
-        self.last_metrics.update({r["name"]: r["value"] for r in rows}, step=step)
+        values = {k: None if v is None else float(v) for k, v in payload.items() if k not in ("step", "tokens")}
+        results.record_metrics(self.db_url, self.run_id, step, tokens, values)
+        self.last_metrics.update(values, step=step)
 
-    def evals(self, records: list[dict[str, Any]]) -> None:
-        rows = [
-            {"run_id": self.run_id, "step": int(r["step"]), "tokens": int(r["tokens"]),
-             "task": r["task"], "metric": r["metric"], "value": r.get("value"),
-             "stderr": r.get("stderr"), "extra": r.get("extra")}
-            for r in records
-        ]
-        with session_scope(self.engine) as s:
-            _upsert(s, Eval, rows, ["run_id", "step", "task", "metric"])
+    def evals(self, records: Sequence[Mapping[str, Any]]) -> None:
+        results.record_evals(self.db_url, self.run_id, records)
 
     def artifact(self, kind: str, path: str | os.PathLike, checksum: str | None = None) -> None:
         path = Path(path)
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else (
             path.stat().st_size if path.exists() else None)
-        with session_scope(self.engine) as s:
-            s.query(Artifact).filter(Artifact.run_id == self.run_id, Artifact.kind == kind).delete()
-            s.add(Artifact(run_id=self.run_id, kind=kind, path=str(path), bytes=size, checksum=checksum))
+        results.record_artifact(self.db_url, self.run_id, kind, str(path), num_bytes=size, checksum=checksum)
+
+    def kept_stats(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Kept-logits statistics per (top_p, top_k) (see results.write.record_kept_stats)."""
+        results.record_kept_stats(self.db_url, self.run_id, rows)

@@ -1,20 +1,17 @@
-"""`pdspace run` and the read-side verbs (status, results): register a study's units in the
-database, run only what is missing, and summarise what the database holds."""
+"""`pdspace run` and the status verb: register a study's units in the database (through the
+results package), run only what is missing, and say what the database holds."""
 from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from sqlalchemy import select
-
-from orchestrator.db import Run, Study, StudyRun, init_db, make_engine, session_scope
+import results
 from orchestrator.plan import Plan, Unit, build_plan
-from orchestrator.recorder import engine_for
 
 
 def register(plan: Plan, db_url: str) -> dict[str, str]:
@@ -24,33 +21,10 @@ def register(plan: Plan, db_url: str) -> dict[str, str]:
     (a unit shared with another study keeps its history).
     """
     study = plan.study
-    with session_scope(engine_for(db_url)) as s:
-        row = s.execute(select(Study).where(Study.name == study.name)).scalar_one_or_none()
-        if row is None:
-            row = Study(name=study.name, spec=study.to_dict(), spec_hash=study.spec_hash)
-            s.add(row)
-            s.flush()
-        else:
-            row.spec, row.spec_hash = study.to_dict(), study.spec_hash
-        existing = {r.config_hash: r for r in s.execute(
-            select(Run).where(Run.config_hash.in_([u.config_hash for u in plan.units]))).scalars()}
-        for u in plan.units:
-            if u.config_hash not in existing:
-                run = Run(config_hash=u.config_hash, kind=u.kind, config=u.config, status="pending", attempts=0)
-                s.add(run)
-                existing[u.config_hash] = run
-        s.flush()
-        links = {sr.trial_id: sr for sr in s.execute(
-            select(StudyRun).where(StudyRun.study_id == row.id)).scalars()}
-        for trial_id, u in [(u.trial_id, u) for u in plan.units] + plan.aliases:
-            run_id = existing[u.config_hash].id
-            factor, value = (u.factor, u.value)
-            if trial_id in links:
-                links[trial_id].run_id = run_id
-                links[trial_id].factor, links[trial_id].value = factor, value
-            else:
-                s.add(StudyRun(study_id=row.id, run_id=run_id, trial_id=trial_id, factor=factor, value=value))
-        return {h: r.status for h, r in existing.items()}
+    units = [results.UnitRecord(u.config_hash, u.kind, u.config) for u in plan.units]
+    trials = [results.TrialRecord(trial_id, u.config_hash, u.factor, u.value)
+              for trial_id, u in [(u.trial_id, u) for u in plan.units] + plan.aliases]
+    return results.register_study(db_url, study.name, study.to_dict(), study.spec_hash, units, trials)
 
 
 @contextmanager
@@ -74,33 +48,62 @@ def _say(quiet: bool, text: str) -> None:
         print(text, flush=True)
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What a `pdspace run` did: the studies (in order), whether any unit was to run, the failed
+    units per study as (trial id, error) in plan order, how many distinct units failed, and when
+    it started (epoch s). The caller prints each study's summary and failures, writes the reports
+    (cli.main), then prints `done_line`."""
+
+    studies: list[str]
+    ran: bool
+    failed: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    num_failed: int = 0
+    started_s: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every unit completed, 1 when some failed."""
+        return 1 if self.num_failed else 0
+
+    def done_line(self) -> str | None:
+        """The closing line, timed from the start until now; None for one study that had nothing to run."""
+        one = len(self.studies) == 1
+        if one and not self.ran:
+            return None
+        status_cmd = f"pdspace status {self.studies[0]}" if one else "pdspace status"
+        return (f"{_head(self.studies)}: done in {time.time() - self.started_s:.0f} s"
+                + (f", {self.num_failed} unit(s) failed (see `{status_cmd}`)" if self.num_failed else ""))
+
+
+def _head(names: list[str]) -> str:
+    return f"study {names[0]}" if len(names) == 1 else f"{len(names)} studies"
+
+
 def run_study(study: Any, *, db_url: str, artifacts: Path, address: str | None = None,
-              max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
-              report: bool = True) -> int:
-    """Run what is missing of ``study``; 0 when every unit completed, 1 when some failed."""
+              max_concurrent: int | None = None, quiet: bool = False, live: bool = False) -> RunResult:
+    """Run what is missing of ``study`` (see run_studies)."""
     return run_studies([study], db_url=db_url, artifacts=artifacts, address=address,
-                       max_concurrent=max_concurrent, quiet=quiet, live=live, report=report)
+                       max_concurrent=max_concurrent, quiet=quiet, live=live)
 
 
 def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: str | None = None,
-                max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
-                report: bool = True) -> int:
-    """Run what is missing of one or several studies as one schedule; 0 when every unit completed.
+                max_concurrent: int | None = None, quiet: bool = False, live: bool = False) -> RunResult:
+    """Run what is missing of one or several studies as one schedule.
 
     Their units are merged by config_hash (a teacher, store or run two studies share runs once)
     and run in one Ray session, in dependency stages over the whole suite, so the long teachers of
-    one study train while the LM-only baselines of the others fill the free slots. Each study
-    then gets its summary and report.
+    one study train while the LM-only baselines of the others fill the free slots.
     """
     names = [s.name for s in studies]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise ValueError(f"two study files are both named {dup!r}; study names must be unique")
     one = len(studies) == 1
-    head = f"study {names[0]}" if one else f"{len(studies)} studies"
+    head = _head(names)
     units_word = "units" if one else "distinct units"
     t0 = time.time()
-    init_db(db_url)
+    results.init_db(db_url)
     plans = [build_plan(s, artifacts) for s in studies]
     with _runner_lock(Path(artifacts)):
         status: dict[str, str] = {}
@@ -123,19 +126,10 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
         else:
             print(f"{head}: all {len(merged)} {units_word} are complete; nothing to run.")
     failed = {h: e for h, e in errors.items() if e}
-    for study, plan in zip(studies, plans):
-        print(summary(db_url, study.name))
-        for u in plan.units:
-            if u.config_hash in failed:
-                print(f"FAILED {'' if one else study.name + ' '}{u.trial_id}: {failed[u.config_hash]}",
-                      file=sys.stderr)
-        if report and todo:
-            _write_report(db_url, study.name, quiet)
-    if todo or not one:
-        status_cmd = f"pdspace status {names[0]}" if one else "pdspace status"
-        _say(quiet, f"{head}: done in {time.time() - t0:.0f} s"
-                    + (f", {len(failed)} unit(s) failed (see `{status_cmd}`)" if failed else ""))
-    return 1 if failed else 0
+    per_study = {study.name: [(u.trial_id, failed[u.config_hash]) for u in plan.units if u.config_hash in failed]
+                 for study, plan in zip(studies, plans)}
+    return RunResult(studies=names, ran=bool(todo), failed=per_study, num_failed=len(failed),
+                     started_s=t0)
 
 
 def _execute(todo: list[Unit], *, db_url: str, artifacts: Path, address: str | None,
@@ -179,34 +173,12 @@ def _execute(todo: list[Unit], *, db_url: str, artifacts: Path, address: str | N
     return errors
 
 
-def _write_report(db_url: str, study: str, quiet: bool) -> None:
-    try:
-        from analysis.commands import report_command
-
-        path = report_command(db_url, study, None)
-        _say(quiet, f"report: {path}")
-    except Exception as exc:  # noqa: BLE001 - a report problem must not fail a finished study
-        print(f"pdspace: the report could not be written: {exc}", file=sys.stderr)
-
-
-def summary(db_url: str, study: str) -> str:
-    """PD vs LM on held-out loss, per student, paired by seed; read from the database."""
-    from analysis.summary import loss_comparison
-
-    return loss_comparison(db_url, study)
-
-
 def format_status(db_url: str, study: str | None) -> str:
+    """What `pdspace status` prints: a count per state, then one line per study run."""
     import pandas as pd
 
-    engine = make_engine(db_url, read_only=True)
-    q = (select(Study.name.label("study"), StudyRun.trial_id, Run.kind, Run.status, Run.attempts,
-                Run.duration_s, Run.error, Run.config_hash)
-         .join(StudyRun, StudyRun.study_id == Study.id).join(Run, Run.id == StudyRun.run_id))
-    if study:
-        q = q.where(Study.name == study)
-    with engine.connect() as conn:
-        frame = pd.read_sql(q, conn)
+    frame = results.status_rows(db_url, study)[["study", "trial_id", "kind", "status", "attempts", "duration_s",
+                                                "error", "config_hash"]]
     if frame.empty:
         raise ValueError(f"no study named {study!r} in the database" if study else "the database holds no study")
     frame["duration_s"] = frame["duration_s"].round(1)
@@ -218,29 +190,14 @@ def format_status(db_url: str, study: str | None) -> str:
         return f"{len(frame)} runs: {head}\n" + frame.to_string(index=False)
 
 
-def results_frame(db_url: str, study: str):
-    """One row per run of a study: trial id, kind, status, key config fields, final metrics, evals."""
-    from analysis.summary import results_table
-
-    return results_table(db_url, study)
-
-
 def lm_eval_hint(db_url: str, study: str, artifacts: Path) -> str | None:
     """The exact `lm_eval` command line for one of the study's exported students."""
-    from sqlalchemy import text
-
     from core.lmeval import lm_eval_command
 
-    engine = make_engine(db_url, read_only=True)
-    with engine.connect() as conn:
-        row = conn.execute(text(
-            "SELECT a.path, sr.trial_id FROM artifacts a JOIN runs r ON r.id = a.run_id "
-            "JOIN study_runs sr ON sr.run_id = r.id JOIN studies s ON s.id = sr.study_id "
-            "WHERE s.name = :s AND a.kind = 'export' AND r.kind IN ('student', 'baseline') "
-            "ORDER BY CASE r.kind WHEN 'student' THEN 0 ELSE 1 END, sr.id LIMIT 1"), {"s": study}).first()
-    engine.dispose()
+    found = results.export_artifact(db_url, study)
     tasks = sorted(Path(artifacts).glob("tasks/builtin-*"))
-    if row is None or not tasks:
+    if found is None or not tasks:
         return None
-    cmd = lm_eval_command(row[0], str(tasks[-1].resolve()), ["pdspace_nextline", "pdspace_cloze"])
-    return f"evaluate an exported checkpoint ({row[1]}) with the lm-evaluation-harness CLI:\n  {cmd}"
+    path, trial_id = found
+    cmd = lm_eval_command(path, str(tasks[-1].resolve()), ["pdspace_nextline", "pdspace_cloze"])
+    return f"evaluate an exported checkpoint ({trial_id}) with the lm-evaluation-harness CLI:\n  {cmd}"

@@ -125,13 +125,25 @@ def _total_tokens(tcfg: Any, data: Any) -> int:
     return max(1, tcfg.tokens // tokens_per_step) * tokens_per_step
 
 
+def model_vocab(cfg: dict[str, Any], data: Any) -> int:
+    """The vocabulary (embedding rows) a run's model is built with: a pretrained teacher's own,
+    padding included, for its students and their baselines (``vocab_of``); else the tokenizer's."""
+    if not cfg.get("vocab_of"):
+        return data.vocab_size
+    from core.models import check_vocab_compatible, model_vocab_size
+
+    vocab = model_vocab_size(cfg["vocab_of"])
+    check_vocab_compatible(vocab, data.vocab_size, model=f"teacher {cfg['vocab_of']!r}")
+    return vocab
+
+
 def _fresh_model(unit: dict[str, Any], artifacts: str, size: str):
     """(config, data, a freshly initialised model of `size`) for a training unit."""
     from core.models import build_model
 
     cfg = unit["config"]
     data = _data(unit, artifacts)
-    model = build_model(size, data.vocab_size, data.seq_len, seed=cfg["seed"], eos_token_id=data.eos_token_id)
+    model = build_model(size, model_vocab(cfg, data), data.seq_len, seed=cfg["seed"], eos_token_id=data.eos_token_id)
     return cfg, data, model
 
 
@@ -168,7 +180,8 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
     store = store_config(cfg)
     from core.models import check_vocab_compatible
 
-    check_vocab_compatible(model.config.vocab_size, data.vocab_size)
+    check_vocab_compatible(model.config.vocab_size, data.vocab_size,
+                           model=f"teacher {cfg.get('pretrained') or cfg['teacher']!r}")
     num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
     path = extract_logits(
         model, data, out_dir / "store", split="train", keeps=store.keeps, gammas=store.gammas,
@@ -187,26 +200,23 @@ PAPER_TOP_P = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0)
 PAPER_TOP_K = (1, 3, 5, 10, 20, 50, 100)
 
 
-def kept_metric_name(top_p: float, top_k: int) -> str:
-    return f"kept_per_token[p={top_p:g},k={top_k}]"
-
-
 def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) -> None:
-    """Mean kept entries and bytes per token of each derivable (p, k), as metrics of the logits run."""
+    """Kept entries and bytes per token of each derivable (p, k), as kept_stats rows of the logits
+    run; the store's size on disk as its `store_bytes` metric."""
     from core.logits import LogitsStore, kept_stats
 
     store = LogitsStore.open(store_path)
     keeps = store.keeps
-    points = {(p, keeps.top_k) for p in PAPER_TOP_P if p <= keeps.top_p}
-    points |= {(keeps.top_p, k) for k in PAPER_TOP_K if k <= keeps.top_k}
-    row: dict[str, Any] = {"step": 0, "tokens": num_tokens}
-    for p, k in sorted(points):
-        st = kept_stats(store, Truncation(p, k))
-        row[kept_metric_name(p, k)] = st["mean_kept_per_token"]
-        row[f"bytes_per_token[p={p:g},k={k}]"] = st["bytes_per_token"]
-    storage = store.storage()
-    row["store_bytes"] = storage["bytes"]
-    rec.metrics(row)
+    points = {Truncation(p, keeps.top_k) for p in PAPER_TOP_P if p <= keeps.top_p}
+    points |= {Truncation(keeps.top_p, k) for k in PAPER_TOP_K if k <= keeps.top_k}
+    rows = []
+    for t in sorted(points, key=lambda t: (t.top_p, t.top_k)):
+        st = kept_stats(store, t)
+        rows.append({"top_p": t.top_p, "top_k": t.top_k, "num_tokens": num_tokens,
+                     **{key: st[key] for key in ("mean_kept_per_token", "bytes_per_token", "mean_kept_mass",
+                                                 "capped_frac", "sampled_rows")}})
+    rec.kept_stats(rows)
+    rec.metrics({"step": 0, "tokens": num_tokens, "store_bytes": store.storage()["bytes"]})
 
 
 def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
@@ -228,7 +238,7 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
             store_dir = Path(artifacts) / "runs" / cfg["teacher_hash"] / "online_logits"
         store = LogitsStore.open(store_dir, expect={
             "tokenizer_hash": data.tokenizer_hash, "data_hash": data.hash, "seq_len": data.seq_len,
-            "vocab_size": data.vocab_size, "teacher_hash": cfg["teacher_hash"],
+            "vocab_size": model.config.vocab_size, "teacher_hash": cfg["teacher_hash"],
             "truncation": trunc,
         })
         store.verify()

@@ -10,22 +10,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
-from orchestrator.db import Run, session_scope
-from orchestrator.recorder import RunRecorder, engine_for
-
-
-def _run_id(db_url: str, config_hash: str) -> int:
-    with session_scope(engine_for(db_url)) as s:
-        run_id = s.execute(select(Run.id).where(Run.config_hash == config_hash)).scalar_one_or_none()
-    if run_id is None:
-        raise RuntimeError(f"unit {config_hash} is not registered in the database")
-    return run_id
+from orchestrator.recorder import RunRecorder
 
 
 def record_failure(db_url: str, config_hash: str, error: str) -> None:
-    RunRecorder(db_url, _run_id(db_url, config_hash)).finish("failed", error)
+    RunRecorder.for_unit(db_url, config_hash).finish("failed", error)
 
 
 def unit_dir(artifacts: str | os.PathLike, unit: dict[str, Any]) -> Path:
@@ -47,7 +36,7 @@ def execute_unit(unit: dict[str, Any], db_url: str, artifacts: str, *, threads: 
     import torch.distributed as dist
 
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    recorder = RunRecorder(db_url, _run_id(db_url, unit["config_hash"]))
+    recorder = RunRecorder.for_unit(db_url, unit["config_hash"])
     out_dir = unit_dir(artifacts, unit)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:

@@ -11,6 +11,6 @@ def synth_db(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def synth_results(synth_db):
-    from analysis.results import load_results
+    from results import load_results
 
     return load_results(synth_db, "synth")

@@ -1,7 +1,8 @@
-"""A small synthetic study in a SQLite file, in orchestrator.db's schema (no training involved).
+"""A small synthetic study in a SQLite file, in the results package's schema (no training involved).
 
 Study "synth": 5 student sizes × 3 seeds, each an LM-only baseline and a vanilla PD student
-(teacher "t8m"), plus a top-k sweep on the smallest-but-one size. Held-out losses follow a planted
+(teacher "t8m"), plus a top-k sweep on the smallest-but-one size, and the teacher's logits run
+with kept-logits statistics (KEPT) for the top-k grid at p = 0.95. Held-out losses follow a planted
 Chinchilla law (PD 2% lower); benchmark scores are fractions in [0, 1] like lm-eval's, evaluated at
 two steps (EVAL_STEPS). Known values let the tests check Δs by hand.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 import math
 
 from analysis.results import stable_hash
-from orchestrator.db import Base, Eval, Metric, Run, Study, StudyRun, make_engine, session_scope
+from results.engine import make_engine, session_scope
+from results.schema import Base, Eval, KeptStat, Metric, Run, Study, StudyRun
 
 SIZES = {"d32l2": 2.0e5, "d64l3": 6.0e5, "d96l3": 1.4e6, "d128l4": 3.0e6, "d192l6": 8.0e6}
 SEEDS = (0, 1, 2)
@@ -21,6 +23,8 @@ PLANTED = {"E": 1.9, "A": 400.0, "B": 150.0, "alpha": 0.36, "beta": 0.33}
 PD_LOSS_FACTOR = 0.98
 TEACHER_VAL_LOSS = 2.2
 TOP_KS = (1, 5, 20)
+KEPT = {(0.95, 1): 1.0, (0.95, 5): 4.6, (0.95, 20): 12.5, (0.95, 100): 21.0}
+"""(top_p, top_k) -> mean kept logits per token of the logits run."""
 
 
 def planted_loss(N: float, D: float) -> float:
@@ -70,6 +74,14 @@ def build_synthetic_db(path) -> str:
         s.add(StudyRun(study_id=study.id, run_id=teacher.id, trial_id="teacher:t8m"))
         s.add(Metric(run_id=teacher.id, step=max(STEPS), tokens=TOKENS, name="val_loss", value=TEACHER_VAL_LOSS,
                      wall_time=0.0))
+        logits = Run(config_hash=stable_hash({"logits": "t8m"}), kind="logits", status="completed",
+                     config={"kind": "logits", "teacher": "t8m", "top_p_max": 0.95, "top_k_max": 100})
+        s.add(logits)
+        s.flush()
+        s.add(StudyRun(study_id=study.id, run_id=logits.id, trial_id="logits:t8m"))
+        for (p, k), kept in KEPT.items():
+            s.add(KeptStat(run_id=logits.id, top_p=p, top_k=k, num_tokens=TOKENS, mean_kept_per_token=kept,
+                           bytes_per_token=kept * 3.25 + 1.0))
 
         def add_run(trial_id, factor, value, cfg, loss_factor, size_index, seed, pd, k=None):
             h = stable_hash(cfg)

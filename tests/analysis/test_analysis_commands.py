@@ -3,7 +3,7 @@ import pytest
 
 from analysis.commands import fit_command, import_command, report_command
 from analysis.report import write_report
-from analysis.results import load_results
+from results import load_results
 
 HEADER = "table,run,student,teacher,tokens_b,step,factor,value,benchmark,score,note\n"
 

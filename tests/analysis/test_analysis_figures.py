@@ -24,7 +24,7 @@ def paper_db(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paper_scores(paper_db):
-    from analysis.results import load_results
+    from results import load_results
 
     return run_scores(load_results(paper_db, "peng2025"))
 
@@ -84,6 +84,9 @@ def test_figures_from_a_synthetic_study(synth_results, tmp_path):
     assert {"fig1_scores_by_size", "fig3_delta_vs_top_k", "fig4_delta_vs_size", "fig5_score_vs_tokens",
             "loss_curves", "fit_power_law", "fit_chinchilla"} <= set(figs)
     assert "top_p" in skipped["fig2_delta_vs_top_p"]  # the study never varies p
+    kept_axis = figs["fig3_delta_vs_top_k"].axes[1]  # from the logits run's kept_stats rows
+    assert kept_axis.get_ylabel() == "kept logits per token"
+    assert [list(line.get_ydata()) for line in kept_axis.get_lines()][0] == [1.0, 4.6, 12.5, 21.0]
     assert (tmp_path / "fit_chinchilla.pdf").exists()
     d = F.figure3_data(run_scores(synth_results))
     assert list(d["top_k"]) == [1, 5, 20, 100] and (d["n"] == 3).all()

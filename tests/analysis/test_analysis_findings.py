@@ -15,8 +15,10 @@ from scipy import stats
 
 from analysis.findings import (NOT_REPRODUCED, NOT_RUN, REPRODUCED, WITHIN_NOISE, Noise, _contrast, _gain,
                                check_findings, estimate_noise, gains_over_training, pd_pairs, study_key)
-from analysis.results import load_results, stable_hash
-from orchestrator.db import Base, Eval, Metric, Run, Study, StudyRun, make_engine, session_scope
+from analysis.results import stable_hash
+from results import load_results
+from results.engine import make_engine, session_scope
+from results.schema import Base, Eval, Metric, Run, Study, StudyRun
 
 ROOT = Path(__file__).resolve().parents[2]
 LM = {0: 5.30, 1: 5.42, 2: 5.34}  # LM-only loss per seed
@@ -224,7 +226,7 @@ def test_pd_pairs_pairs_each_run_with_its_baseline(planted):
 def test_suite_report_through_the_cli(planted, tmp_path):
     url, _ = planted
     out = tmp_path / "suite.html"
-    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "studies/mini/", "--db", url,
+    res = subprocess.run([sys.executable, "-m", "cli", "report", "studies/mini/", "--db", url,
                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     text = out.read_text()
@@ -240,7 +242,7 @@ def test_suite_report_through_the_cli(planted, tmp_path):
 
 def test_suite_report_refuses_a_database_without_the_studies(tmp_path):
     url = build_db(tmp_path / "e.db", {"other": []})
-    res = subprocess.run([sys.executable, "-m", "orchestrator.cli", "report", "studies/mini/", "--db", url],
+    res = subprocess.run([sys.executable, "-m", "cli", "report", "studies/mini/", "--db", url],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "none of the 15 studies is in the database" in res.stderr
     assert "Traceback" not in res.stderr

@@ -1,14 +1,14 @@
-"""analysis.results: loading a study into tidy frames."""
+"""Loading a study into tidy frames (results.read, also under its analysis.results name)."""
 import pytest
 
 from analysis.results import final_losses, flatten_config, list_studies, load_results
-from tests.analysis.synth_db import SEEDS, SIZES, STEPS, TOP_KS, planted_loss
+from tests.analysis.synth_db import KEPT, SEEDS, SIZES, STEPS, TOP_KS, planted_loss
 
 
 def test_runs_frame_is_one_row_per_study_run(synth_results):
     runs = synth_results.runs
     n_students = len(SIZES) * len(SEEDS)
-    assert len(runs) == 1 + 2 * n_students + len(TOP_KS) * len(SEEDS)  # teacher + baselines + PD + sweep
+    assert len(runs) == 2 + 2 * n_students + len(TOP_KS) * len(SEEDS)  # teacher, logits + baselines + PD + sweep
     assert runs["trial_id"].is_unique
     for col in ("trial_id", "factor", "value", "kind", "status", "config_hash", "student", "seed",
                 "logits.top_k", "logits.top_p", "kd.kind", "baseline_hash", "config.kind"):
@@ -23,6 +23,14 @@ def test_metrics_and_evals_are_tidy(synth_results):
     assert not m.duplicated(["run_id", "step", "name"]).any()
     assert set(e["task"]) == {"pdspace_nextline", "pdspace_cloze"}
     assert not e.duplicated(["run_id", "step", "task", "metric"]).any()
+
+
+def test_kept_stats_are_columns_of_the_logits_run(synth_results):
+    kept = synth_results.kept_stats
+    assert list(kept.columns[:5]) == ["run_id", "config_hash", "trial_id", "top_p", "top_k"]
+    assert set(kept["trial_id"]) == {"logits:t8m"}
+    got = {(p, k): v for p, k, v in zip(kept["top_p"], kept["top_k"], kept["mean_kept_per_token"])}
+    assert got == pytest.approx(KEPT)
 
 
 def test_final_losses_take_the_largest_step(synth_results):
@@ -43,7 +51,7 @@ def test_unknown_study_and_missing_db_are_value_errors(synth_db, tmp_path):
 
 def test_empty_study_loads_empty_frames(synth_db):
     r = load_results(synth_db, "empty")
-    assert r.runs.empty and r.metrics.empty and r.evals.empty
+    assert r.runs.empty and r.metrics.empty and r.evals.empty and r.kept_stats.empty
     assert final_losses(r).empty
 
 

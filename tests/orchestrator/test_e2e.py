@@ -10,11 +10,11 @@ import time
 
 import pytest
 import yaml
-from sqlalchemy import text
 
-from orchestrator.db import make_engine
-from orchestrator.run import format_status, run_study
+from cli.main import run_and_summarise
+from orchestrator.run import format_status
 from orchestrator.study import validate_study
+from results import query
 
 pytestmark = pytest.mark.slow
 
@@ -34,9 +34,9 @@ def _study(name, **changes):
     return validate_study(spec, name=name)
 
 
-def _rows(url, sql, **params):
-    with make_engine(url).connect() as conn:
-        return conn.execute(text(sql), params).all()
+def _rows(url, sql):
+    """The rows of a read-only query, as `pdspace query` runs it."""
+    return list(query(url, sql).itertuples(index=False, name=None))
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def home(tmp_path_factory):
 
 
 def test_tiny_study_through_ray_into_the_database(home, capsys):
-    code = run_study(_study("tiny"), quiet=True, report=False, **home)
+    code = run_and_summarise([_study("tiny")], quiet=True, report=False, **home)
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PD vs LM-only" in out
@@ -57,7 +57,7 @@ def test_tiny_study_through_ray_into_the_database(home, capsys):
     # every training run has per-step metrics and periodic held-out losses
     for kind in ("teacher", "student", "baseline"):
         n = _rows(url, "SELECT COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
-                       "WHERE r.kind = :k AND m.name = 'val_loss'", k=kind)[0][0]
+                       f"WHERE r.kind = '{kind}' AND m.name = 'val_loss'")[0][0]
         assert n >= 3, kind
     # KD students also measure agreement with their teacher
     assert _rows(url, "SELECT COUNT(*) FROM metrics m JOIN runs r ON r.id = m.run_id "
@@ -68,18 +68,23 @@ def test_tiny_study_through_ray_into_the_database(home, capsys):
     # package versions and the resolved config travel with each run
     versions, config = _rows(url, "SELECT versions, config FROM runs WHERE kind = 'student' LIMIT 1")[0]
     assert "torch" in versions and "kd" in config
+    # the logits store's kept-logits statistics are kept_stats rows, one per derivable (p, k)
+    kept = _rows(url, "SELECT k.top_p, k.top_k, k.mean_kept_per_token, k.bytes_per_token FROM kept_stats k "
+                      "JOIN runs r ON r.id = k.run_id WHERE r.kind = 'logits'")
+    assert len(kept) >= 2 and all(0 < n <= k and b > 0 for _, k, n, b in kept), kept
+    assert _rows(url, "SELECT COUNT(*) FROM metrics WHERE name LIKE 'kept_per_token%'")[0][0] == 0
 
 
 def test_rerun_does_nothing(home, capsys):
     t0 = time.time()
-    assert run_study(_study("tiny"), quiet=True, report=False, **home) == 0
+    assert run_and_summarise([_study("tiny")], quiet=True, report=False, **home) == 0
     assert "nothing to run" in capsys.readouterr().out
     assert time.time() - t0 < 30
 
 
 def test_failed_trial_is_recorded_and_the_rest_completes(home, capsys):
     study = _study("tiny_fail", sweeps=[{"nonfinite_from_step": [3]}], seeds=[0])
-    code = run_study(study, quiet=True, report=False, **home)
+    code = run_and_summarise([study], quiet=True, report=False, **home)
     assert code == 1
     url = home["db_url"]
     rows = dict(_rows(url, "SELECT sr.trial_id, r.status || '|' || COALESCE(r.error, '') FROM study_runs sr "
@@ -105,8 +110,8 @@ def test_two_worker_ddp_trial_matches_one_worker(tmp_path):
         spec["eval"] = {"heldout_sequences": 8, "builtin_tasks": []}
         spec["resources"] = {"workers_per_trial": workers, "max_retries": 0}
         url = f"sqlite:///{tmp_path / f'w{workers}.db'}"
-        code = run_study(validate_study(spec, name=f"ddp{workers}"), db_url=url,
-                         artifacts=tmp_path / f"a{workers}", quiet=True, report=False)
+        code = run_and_summarise([validate_study(spec, name=f"ddp{workers}")], db_url=url,
+                                 artifacts=tmp_path / f"a{workers}", quiet=True, report=False)
         assert code == 0
         losses[workers] = [v for (v,) in _rows(url, "SELECT value FROM metrics WHERE name = 'lm_loss' ORDER BY step")]
     assert len(losses[1]) >= 1
@@ -116,12 +121,10 @@ def test_two_worker_ddp_trial_matches_one_worker(tmp_path):
 def test_a_folder_of_studies_runs_as_one_schedule(tmp_path, capsys):
     """Two studies sharing a teacher and its logits: one Ray session, shared units run once, each
     study registered with its own trial ids and summary."""
-    from orchestrator.run import run_studies
-
     home = {"db_url": f"sqlite:///{tmp_path / 'pd.db'}", "artifacts": tmp_path / "artifacts"}
     one = {"seeds": [0], "base": {**TINY["base"], "tokens": 15_000}}
     a, b = _study("suite_a", **one), _study("suite_b", **one, sweeps=[{"alpha": [0.5]}])
-    assert run_studies([a, b], quiet=False, report=False, **home) == 0
+    assert run_and_summarise([a, b], quiet=False, report=False, **home) == 0
     out = capsys.readouterr().out
     assert "2 studies: " in out and "as one schedule" in out
     assert "study suite_a" in out and "study suite_b" in out  # each study's summary
@@ -132,5 +135,5 @@ def test_a_folder_of_studies_runs_as_one_schedule(tmp_path, capsys):
     assert per_study["suite_a"] >= 5 and per_study["suite_b"] > per_study["suite_a"]
     assert _rows(url, "SELECT COUNT(*) FROM runs WHERE status != 'completed'")[0][0] == 0
     # nothing left: a second call runs nothing
-    assert run_studies([a, b], quiet=False, report=False, **home) == 0
+    assert run_and_summarise([a, b], quiet=False, report=False, **home) == 0
     assert "nothing to run" in capsys.readouterr().out

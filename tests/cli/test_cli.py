@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import build_parser, main
+from cli.main import build_parser, main
 
-STUDIES = Path(__file__).parent / "studies"
+STUDIES = Path(__file__).resolve().parents[1] / "orchestrator" / "studies"
 
 
 def _run(capsys, *argv):
@@ -54,7 +54,7 @@ def test_validate_and_plan_print_the_units(capsys):
 
 
 def test_query_is_read_only_and_status_needs_a_database(capsys, tmp_path):
-    from orchestrator.db import init_db
+    from results import init_db
 
     db = tmp_path / "r.db"
     init_db(f"sqlite:///{db}")

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 
-from orchestrator.db import Metric, Run, init_db, make_engine, session_scope
-from orchestrator.recorder import RunRecorder
+from results import init_db, make_engine, record_evals, record_metrics, session_scope
+from results.schema import Metric, Run
 
 
 def _new_run(url: str, h: str) -> int:
@@ -18,19 +18,26 @@ def _new_run(url: str, h: str) -> int:
 
 
 def _writer(url: str, run_id: int, n: int) -> None:
-    rec = RunRecorder(url, run_id)
     for step in range(n):
-        rec.metrics({"step": step, "tokens": step * 100, "loss": float(step), "lr": 1e-3})
+        record_metrics(url, run_id, step, step * 100, {"loss": float(step), "lr": 1e-3})
 
 
 def test_migration_is_idempotent_and_creates_every_table(tmp_path):
     url = f"sqlite:///{tmp_path / 'a.db'}"
     init_db(url)
     init_db(url)
-    from sqlalchemy import inspect
-
     names = set(inspect(make_engine(url)).get_table_names())
-    assert {"studies", "runs", "study_runs", "metrics", "evals", "artifacts", "alembic_version"} <= names
+    assert {"studies", "runs", "study_runs", "metrics", "evals", "artifacts", "kept_stats",
+            "alembic_version"} <= names
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    init_db(url)
+    with make_engine(url).connect() as conn:
+        raw = conn.connection.dbapi_connection.cursor()
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
 
 
 def test_two_concurrent_writers_lose_no_rows(tmp_path):
@@ -54,10 +61,9 @@ def test_rereported_steps_update_instead_of_duplicating(tmp_path):
     url = f"sqlite:///{tmp_path / 'u.db'}"
     init_db(url)
     rid = _new_run(url, "h")
-    rec = RunRecorder(url, rid)
-    rec.metrics({"step": 5, "tokens": 500, "loss": 2.0})
-    rec.metrics({"step": 5, "tokens": 500, "loss": 1.5})  # a resumed run repeats step 5
-    rec.evals([{"step": 5, "tokens": 500, "task": "t", "metric": "acc", "value": 0.3, "stderr": 0.1}] * 2)
+    record_metrics(url, rid, 5, 500, {"loss": 2.0})
+    record_metrics(url, rid, 5, 500, {"loss": 1.5})  # a resumed run repeats step 5
+    record_evals(url, rid, [{"step": 5, "tokens": 500, "task": "t", "metric": "acc", "value": 0.3, "stderr": 0.1}] * 2)
     with session_scope(make_engine(url)) as s:
         rows = s.execute(select(Metric.value).where(Metric.run_id == rid)).scalars().all()
     assert rows == [1.5]

@@ -1,9 +1,10 @@
-"""Alembic environment: runs revisions against the URL that orchestrator.migrate passes in."""
+"""Alembic environment: runs revisions against the URL that results.migrate passes in."""
 from __future__ import annotations
 
 from alembic import context
 
-from orchestrator.db import Base, make_engine
+from results.engine import make_engine
+from results.schema import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -1,4 +1,6 @@
-"""The `pdspace` command: each verb is a short function over library code.
+"""The `pdspace` command: each verb is a short function over library code (orchestrator,
+results, analysis); `pdspace run` composes them: the orchestrator runs, analysis summarises and
+reports.
 
 Exit codes: 0 success, 1 a run failed, 2 bad input. Errors are one sentence on stderr; `--debug`
 shows the traceback.
@@ -38,7 +40,8 @@ class UsageError(ValueError):
     """Bad input from the command line (exit code 2)."""
 
 
-def _study_files(target: str) -> list[Path]:
+def study_files(target: str) -> list[Path]:
+    """The study file, or every study file (*.yaml not starting with "_") under a folder."""
     path = Path(target)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.yaml") if not p.name.startswith("_"))
@@ -53,7 +56,7 @@ def _study_files(target: str) -> list[Path]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.study import load_study
 
-    for f in _study_files(args.study):
+    for f in study_files(args.study):
         study = load_study(f, overrides=args.set)
         try:
             check_study_tasks(study)
@@ -75,30 +78,66 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from orchestrator.plan import build_plan, format_plan
     from orchestrator.study import load_study
 
+    from results import database_exists
+
     db_url = _db(args)
-    for f in _study_files(args.study):
+    for f in study_files(args.study):
         plan = build_plan(load_study(f, overrides=args.set), artifacts=_artifacts())
-        print(format_plan(plan, db_url=db_url if _db_exists(db_url) else None))
+        print(format_plan(plan, db_url=db_url if database_exists(db_url) else None))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from orchestrator.run import run_studies
     from orchestrator.study import load_study
 
     db_url = _db(args)
-    studies = [load_study(f, overrides=args.set) for f in _study_files(args.study)]
+    studies = [load_study(f, overrides=args.set) for f in study_files(args.study)]
     for study in studies:
         check_study_tasks(study)
     # a log file gets the plain progress lines; a terminal also gets the live view. Several studies
     # (a folder) run as one schedule: shared units once, one Ray session, no idle slot while a
     # long teacher trains.
-    status = run_studies(studies, db_url=db_url, artifacts=_artifacts(), address=args.address,
-                         max_concurrent=args.max_concurrent, quiet=args.quiet,
-                         live=not args.quiet and sys.stdout.isatty())
+    status = run_and_summarise(studies, db_url=db_url, artifacts=_artifacts(), address=args.address,
+                               max_concurrent=args.max_concurrent, quiet=args.quiet,
+                               live=not args.quiet and sys.stdout.isatty())
     if len(studies) > 1 and not args.quiet:
         print(f"`pdspace report {args.study}` checks the paper's findings over these {len(studies)} studies")
     return status
+
+
+def run_and_summarise(studies: list[Any], *, db_url: str, artifacts: Path, address: str | None = None,
+                      max_concurrent: int | None = None, quiet: bool = False, live: bool = False,
+                      report: bool = True) -> int:
+    """Run what is missing of the studies (orchestrator.run.run_studies), then per study print PD
+    vs LM on held-out loss (analysis.summary) and its failed units, and write its report when
+    something ran. Returns the exit status: 0 when every unit completed, 1 when some failed."""
+    from analysis.summary import loss_comparison
+    from orchestrator.run import run_studies
+
+    result = run_studies(studies, db_url=db_url, artifacts=artifacts, address=address,
+                         max_concurrent=max_concurrent, quiet=quiet, live=live)
+    one = len(result.studies) == 1
+    for name in result.studies:
+        print(loss_comparison(db_url, name))
+        for trial_id, error in result.failed.get(name, []):
+            print(f"FAILED {'' if one else name + ' '}{trial_id}: {error}", file=sys.stderr)
+        if report and result.ran:
+            _write_report(db_url, name, quiet)
+    done = result.done_line()
+    if done and not quiet:
+        print(done, flush=True)
+    return result.exit_code
+
+
+def _write_report(db_url: str, study: str, quiet: bool) -> None:
+    try:
+        from analysis.commands import report_command
+
+        path = report_command(db_url, study, None)
+        if not quiet:
+            print(f"report: {path}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - a report problem must not fail a finished study
+        print(f"pdspace: the report could not be written: {exc}", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -109,7 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from orchestrator.run import results_frame
+    from results import results_frame
 
     frame = results_frame(_db(args, must_exist=True), args.study)
     if args.format == "csv":
@@ -136,21 +175,10 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_query(args: argparse.Namespace) -> int:
     import pandas as pd
-    from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
 
-    from orchestrator.db import make_engine
+    from results import query
 
-    engine = make_engine(_db(args, must_exist=True), read_only=True)
-    try:
-        with engine.connect() as conn:
-            result = conn.execute(text(args.sql))
-            if not result.returns_rows:
-                raise UsageError("the query returned no rows to show (pdspace query is read-only)")
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except SQLAlchemyError as exc:
-        orig = getattr(exc, "orig", None) or exc
-        raise UsageError(f"the query failed: {str(orig).splitlines()[0]}") from exc
+    frame = query(_db(args, must_exist=True), args.sql)
     if args.format == "csv":
         frame.to_csv(sys.stdout, index=False)
     elif args.format == "json":
@@ -184,7 +212,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if target.exists() and (target.is_dir() or target.suffix in (".yaml", ".yml")):
         from orchestrator.study import load_study
 
-        names = [load_study(f).name for f in _study_files(args.study)]
+        names = [load_study(f).name for f in study_files(args.study)]
         if not target.is_dir():
             print(report_command(db_url, names[0], args.out))
             return 0
@@ -212,18 +240,12 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _db(args: argparse.Namespace, must_exist: bool = False) -> str:
-    from orchestrator.db import resolve_db_url
+    from results import database_exists, resolve_db_url
 
     url = resolve_db_url(args.db)
-    if must_exist and not _db_exists(url):
+    if must_exist and not database_exists(url):
         raise UsageError(f"no results database at {url.removeprefix('sqlite:///')}; run a study first or pass --db")
     return url
-
-
-def _db_exists(url: str) -> bool:
-    if not url.startswith("sqlite"):
-        return True
-    return Path(url.split("///", 1)[1]).exists()
 
 
 def _artifacts() -> Path:

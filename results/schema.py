@@ -1,30 +1,14 @@
-"""The results database: SQLAlchemy models, engine setup (SQLite WAL + busy timeout), sessions.
+"""The results database's tables, as SQLAlchemy ORM classes (the one declaration of the schema).
 
-Schema contract in docs/internals.md. No ray here: analysis imports this module.
+Migrations (results/migrations) create and change these tables; docs/internals.md lists them.
 """
 from __future__ import annotations
 
 import datetime as dt
-import os
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Iterator
 
-from sqlalchemy import (
-    JSON,
-    Float,
-    ForeignKey,
-    Integer,
-    String,
-    Text,
-    UniqueConstraint,
-    create_engine,
-    event,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-DEFAULT_DB = "pdspace.db"
 RUN_KINDS = ("data", "teacher", "logits", "student", "baseline", "external")
 RUN_STATUSES = ("pending", "running", "completed", "failed")
 
@@ -120,54 +104,27 @@ class Artifact(Base):
     checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
-def resolve_db_url(db: str | None = None) -> str:
-    """--db argument, else $PDSPACE_DB, else ./pdspace.db; a plain path becomes a sqlite URL."""
-    db = db or os.environ.get("PDSPACE_DB") or DEFAULT_DB
-    if "://" in db:
-        return db
-    return f"sqlite:///{Path(db).expanduser().resolve()}"
+class KeptStat(Base):
+    """Kept-logits statistics of one (top_p, top_k) truncation derived from a logits run's store
+    (core.logits.kept_stats): what Figures 2-3's right-hand axes draw. Migration 0002."""
+
+    __tablename__ = "kept_stats"
+    __table_args__ = (UniqueConstraint("run_id", "top_p", "top_k"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    top_p: Mapped[float] = mapped_column(Float)
+    top_k: Mapped[int] = mapped_column(Integer)
+    num_tokens: Mapped[int] = mapped_column(BigInteger)
+    """Token positions the store covers."""
+    mean_kept_per_token: Mapped[float] = mapped_column(Float)
+    bytes_per_token: Mapped[float] = mapped_column(Float)
+    """Bytes per token of a store written at this truncation (entries, counts, offsets; no stats)."""
+    mean_kept_mass: Mapped[float | None] = mapped_column(Float, nullable=True)
+    capped_frac: Mapped[float | None] = mapped_column(Float, nullable=True)
+    """Rows whose top-p prefix was cut by top_k."""
+    sampled_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    """Rows the statistics were measured on (None: migrated from the old metric rows)."""
 
 
-def make_engine(db_url: str, *, read_only: bool = False) -> Engine:
-    """An engine; SQLite gets WAL, a 30 s busy timeout and foreign keys (read-only: mode=ro)."""
-    if db_url.startswith("sqlite"):
-        connect_args = {"timeout": 30}
-        if read_only:
-            path = db_url.split("///", 1)[1]
-            db_url = f"sqlite:///file:{path}?mode=ro&uri=true"
-        engine = create_engine(db_url, connect_args=connect_args)
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_conn, _record):  # noqa: ANN001
-            cur = dbapi_conn.cursor()
-            if not read_only:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    engine = create_engine(db_url)
-    return engine
-
-
-def init_db(db_url: str) -> Engine:
-    """Create (or upgrade) the schema and return an engine."""
-    from orchestrator.migrate import upgrade  # alembic; local import keeps analysis light
-
-    upgrade(db_url)
-    return make_engine(db_url)
-
-
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    factory = sessionmaker(engine, expire_on_commit=False)
-    session = factory()
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
+KEPT_STAT_FIELDS = ("top_p", "top_k", "num_tokens", "mean_kept_per_token", "bytes_per_token", "mean_kept_mass",
+                    "capped_frac", "sampled_rows")

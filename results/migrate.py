@@ -1,4 +1,7 @@
-"""Schema migrations: Alembic, run programmatically so `pdspace` needs no alembic.ini on disk."""
+"""Schema migrations: Alembic, run programmatically so `pdspace` needs no alembic.ini on disk.
+
+Revisions live in results/migrations/versions (ids 0001, 0002, ...; a database records the last
+one it ran in its alembic_version table)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,3 +22,8 @@ def alembic_config(db_url: str) -> Config:
 def upgrade(db_url: str, revision: str = "head") -> None:
     """Bring the database at ``db_url`` to ``revision`` (creating it when new)."""
     command.upgrade(alembic_config(db_url), revision)
+
+
+def downgrade(db_url: str, revision: str) -> None:
+    """Take the database at ``db_url`` back to ``revision`` (for tests and for undoing an upgrade)."""
+    command.downgrade(alembic_config(db_url), revision)
