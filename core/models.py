@@ -98,15 +98,30 @@ def load_pretrained(name_or_path: str | os.PathLike, device: str | torch.device 
     return model, tokenizer
 
 
-def check_vocab_compatible(teacher_vocab: int, student_vocab: int) -> None:
-    """Raise ValueError unless teacher and student share one vocabulary size (KD needs it)."""
-    if int(teacher_vocab) != int(student_vocab):
+def model_vocab_size(name_or_path: str | os.PathLike) -> int:
+    """Rows of a pretrained model's embedding (its config's ``vocab_size``), read without loading
+    the weights. Padded: GLM-4-9B has 151,552 rows for a tokenizer of ~151,3xx tokens, Qwen2.5
+    151,936 for ~151,6xx; students of such a teacher are built with this size."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(os.fspath(name_or_path))
+    size = getattr(config, "padded_vocab_size", None) or getattr(config, "vocab_size", None)
+    if not size:
+        raise ValueError(f"model {os.fspath(name_or_path)!r} has no vocab_size in its config")
+    return int(size)
+
+
+def check_vocab_compatible(model_vocab: int, num_tokens: int, *, model: str = "the teacher") -> None:
+    """Raise ValueError unless every token id of a tokenizer of ``num_tokens`` ids has a row in a
+    model whose vocabulary (embedding rows, padding included) is ``model_vocab``."""
+    if int(num_tokens) > int(model_vocab):
         raise ValueError(
-            f"teacher vocabulary {teacher_vocab} does not match student vocabulary {student_vocab}"
+            f"the tokenizer has {num_tokens} tokens but {model}'s vocabulary has only {model_vocab} rows: "
+            f"token ids would be out of range (use the model's own tokenizer as data.tokenizer)"
         )
 
 
 __all__ = [
     "ModelSize", "MODEL_SIZES", "ParamCounts", "get_size", "param_counts", "llama_config",
-    "build_model", "load_pretrained", "check_vocab_compatible",
+    "build_model", "load_pretrained", "check_vocab_compatible", "model_vocab_size",
 ]

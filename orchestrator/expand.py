@@ -161,6 +161,19 @@ def logits_spec(study: Study, teacher: str) -> LogitsSpec:
     return LogitsSpec(teacher=teacher, config=config, config_hash=unit_hash("logits", config))
 
 
+def _vocab_of(study: Study, teacher: str | None) -> str | None:
+    """The pretrained model whose vocabulary (padded rows included: core.models.model_vocab_size)
+    a run's model is built with: a student's pretrained teacher, or, for any run of a study whose
+    data uses a pretrained teacher's tokenizer, that teacher (so LM-only runs match the students
+    they are compared with). None: the tokenizer's own size."""
+    if teacher is not None and study.teachers[teacher].pretrained is not None:
+        return study.teachers[teacher].pretrained
+    tokenizer = study.data.tokenizer
+    if tokenizer is not None and any(t.pretrained == tokenizer for t in study.teachers.values()):
+        return tokenizer
+    return None
+
+
 def _resolve_run(study: Study, run: RunConfig) -> dict:
     """The fully resolved config of one student or baseline run (see TrialSpec.config)."""
     lm_only = is_lm_only(run)
@@ -172,6 +185,9 @@ def _resolve_run(study: Study, run: RunConfig) -> dict:
         "teacher_hash": None if lm_only else teacher_spec(study, run.teacher).config_hash,
         **_training_dict(train_config(run, lm_only=lm_only), study),
     }
+    vocab_of = _vocab_of(study, None if lm_only else run.teacher)
+    if vocab_of is not None:
+        config["vocab_of"] = vocab_of
     if lm_only:
         config["logits"] = None
     else:
@@ -188,10 +204,14 @@ def _resolve_run(study: Study, run: RunConfig) -> dict:
     return config
 
 
-def _baseline_config(config: Mapping) -> dict:
-    """The LM-only twin of a student config: same everything but the teacher and the KD loss."""
+def _baseline_config(study: Study, config: Mapping) -> dict:
+    """The LM-only twin of a student config: same everything but the teacher and the KD loss
+    (and the vocabulary, which is the study's, not a particular teacher's: see _vocab_of)."""
     out = copy.deepcopy(dict(config))
     out.pop("nonfinite_from_step", None)
+    out.pop("vocab_of", None)
+    if _vocab_of(study, None) is not None:
+        out["vocab_of"] = _vocab_of(study, None)
     out.update(kind="baseline", teacher=None, teacher_hash=None, kd=None, logits=None, baseline_hash=None,
                alpha_schedule=config_dict(LM_ONLY_ALPHA.resolved()))
     return out
@@ -251,7 +271,7 @@ def expand(study: Study) -> list[TrialSpec]:
     for trial in trials:
         if trial.role != "student":
             continue
-        config = _baseline_config(trial.config)
+        config = _baseline_config(study, trial.config)
         bhash = unit_hash("baseline", config)
         baseline_of[trial.trial_id] = bhash if (study.baselines.auto or bhash in existing) else None
         if not study.baselines.auto or bhash in existing:
