@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import cached_property
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Le, Lt
@@ -58,8 +57,8 @@ LM_ONLY_ALPHA = AlphaScheduleConfig(kind="constant", alpha=0.0)
 class DataSpec:
     """What to build: a corpus, a tokenizer and a sequence length.
 
-    Two specs with the same fields over the same corpus content have the same ``hash`` and share
-    one artifact (core.data.prepare_data).
+    Two specs with the same fields over the same corpus content have the same content hash
+    (core.data.data_hash) and share one artifact (core.data.prepare_data).
     """
 
     source: str = setting("builtin:python-stdlib", since=1)
@@ -106,29 +105,6 @@ class DataSpec:
         from core.settings import build
 
         return build(cls, d)
-
-    @cached_property
-    def corpus_fingerprint(self) -> dict[str, Any]:
-        """Content fingerprint of the (capped) corpus; ``sha256`` is its stable part."""
-        from core.data import corpus_fingerprint
-
-        return corpus_fingerprint(self)
-
-    @cached_property
-    def tokenizer_fingerprint(self) -> str | None:
-        """tokenizer_hash of the external tokenizer, None when one is trained."""
-        if self.tokenizer is None:
-            return None
-        from core.data import external_tokenizer_hash
-
-        return external_tokenizer_hash(self.tokenizer)
-
-    @property
-    def hash(self) -> str:
-        """Content hash of the spec, the corpus content and the external tokenizer (16 hex)."""
-        from core.data import data_hash
-
-        return data_hash(self)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -73,8 +73,8 @@ def data_hash(spec: DataSpec) -> str:
     return stable_hash({
         "format_version": FORMAT_VERSION,
         "spec": fields,
-        "corpus": spec.corpus_fingerprint["sha256"],
-        "tokenizer": spec.tokenizer_fingerprint,
+        "corpus": corpus_fingerprint(spec)["sha256"],
+        "tokenizer": None if spec.tokenizer is None else external_tokenizer_hash(spec.tokenizer),
     })
 
 
@@ -593,7 +593,7 @@ def _build(spec: DataSpec, spec_hash: str, corpus: _Corpus, out: Path) -> dict[s
         "format_version": FORMAT_VERSION,
         "hash": spec_hash,
         "spec": spec.to_dict(),
-        "corpus": {"source": spec.source, **spec.corpus_fingerprint},
+        "corpus": {"source": spec.source, **corpus_fingerprint(spec)},
         "tokenizer": {
             "hash": tok_hash,
             "source": spec.tokenizer or "trained byte-level BPE",
@@ -626,7 +626,7 @@ def _build(spec: DataSpec, spec_hash: str, corpus: _Corpus, out: Path) -> dict[s
 
 
 def prepare_data(spec: DataSpec | dict, root: str | os.PathLike | None = None) -> "PackedData":
-    """Build (or find) the artifact of ``spec`` under ``root/data/<spec.hash>/``.
+    """Build (or find) the artifact of ``spec`` under ``root/data/<data_hash(spec)>/``.
 
     An existing artifact is returned at once. A new one is built in a temporary directory beside
     the target and renamed into place, so readers never see a partial artifact and two processes
@@ -635,7 +635,7 @@ def prepare_data(spec: DataSpec | dict, root: str | os.PathLike | None = None) -
     if isinstance(spec, dict):
         spec = DataSpec.from_dict(spec)
     parent = artifacts_root(root) / "data"
-    spec_hash = spec.hash
+    spec_hash = data_hash(spec)
     final = parent / spec_hash
     if (final / "manifest.json").exists():
         return PackedData(final)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import core.data as data_mod
-from core.data import DataSpec, PackedData, document_split, prepare_data, tokenizer_hash
+from core.data import DataSpec, PackedData, corpus_fingerprint, data_hash, document_split, prepare_data, tokenizer_hash
 
 torch.set_num_threads(1)
 
@@ -69,7 +69,7 @@ def test_spec_from_dict_is_strict():
 
 
 def test_artifact_layout_and_manifest(packed, small_spec):
-    assert packed.path.name == small_spec.hash == packed.hash
+    assert packed.path.name == data_hash(small_spec) == packed.hash
     for name in ("manifest.json", "train.bin", "val.bin", "val_docs.jsonl", "tokenizer/tokenizer.json"):
         assert (packed.path / name).exists(), name
     m = packed.manifest
@@ -140,11 +140,11 @@ def test_existing_artifact_is_returned_without_rebuilding(small_spec, packed, mo
 def test_hash_follows_corpus_content_and_spec(tmp_path):
     folder = _write_corpus(tmp_path / "c", num_docs=5)
     spec = DataSpec(source=str(folder), vocab_size=300, seq_len=16)
-    before = DataSpec(**spec.to_dict()).hash
-    assert DataSpec(**spec.to_dict()).hash == before
-    assert DataSpec(**{**spec.to_dict(), "seq_len": 32}).hash != before
+    before = data_hash(DataSpec(**spec.to_dict()))
+    assert data_hash(DataSpec(**spec.to_dict())) == before
+    assert data_hash(DataSpec(**{**spec.to_dict(), "seq_len": 32})) != before
     (folder / "doc_002.txt").write_text("changed content\n")
-    assert DataSpec(**spec.to_dict()).hash != before
+    assert data_hash(DataSpec(**spec.to_dict())) != before
 
 
 def test_losing_a_preparation_race_uses_the_winner(small_spec, tmp_path, monkeypatch):
@@ -160,7 +160,7 @@ def test_losing_a_preparation_race_uses_the_winner(small_spec, tmp_path, monkeyp
     monkeypatch.setattr(data_mod, "_build", build_then_lose)
     data = prepare_data(small_spec, tmp_path)
     assert data.path == winner["data"].path
-    assert [p.name for p in (tmp_path / "data").iterdir()] == [small_spec.hash]
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [data_hash(small_spec)]
 
 
 def _prepare_in_child(spec_dict, root, barrier, queue):
@@ -182,8 +182,8 @@ def test_two_processes_preparing_the_same_data(small_spec, tmp_path, monkeypatch
         p.join(60)
         assert p.exitcode == 0
     paths = {queue.get(timeout=5), queue.get(timeout=5)}
-    assert paths == {str(tmp_path / "data" / small_spec.hash)}
-    assert [p.name for p in (tmp_path / "data").iterdir()] == [small_spec.hash]
+    assert paths == {str(tmp_path / "data" / data_hash(small_spec))}
+    assert [p.name for p in (tmp_path / "data").iterdir()] == [data_hash(small_spec)]
     data = PackedData(paths.pop())
     assert data.num_sequences("train") > 0 and len(data.stream("train")) == data.num_tokens("train")
 
@@ -200,22 +200,22 @@ def test_max_train_tokens_caps_the_train_stream(corpus_dir, tmp_path, packed):
 
 def test_max_documents_and_bytes_select_a_prefix(corpus_dir):
     spec = DataSpec(source=str(corpus_dir), max_documents=7)
-    assert spec.corpus_fingerprint["num_files"] == 7
+    assert corpus_fingerprint(spec)["num_files"] == 7
     size = (corpus_dir / "doc_000.txt").stat().st_size
-    assert DataSpec(source=str(corpus_dir), max_corpus_bytes=size).corpus_fingerprint["num_files"] == 1
-    assert DataSpec(source=str(corpus_dir), max_corpus_bytes=1).corpus_fingerprint["num_files"] == 1
+    assert corpus_fingerprint(DataSpec(source=str(corpus_dir), max_corpus_bytes=size))["num_files"] == 1
+    assert corpus_fingerprint(DataSpec(source=str(corpus_dir), max_corpus_bytes=1))["num_files"] == 1
 
 
 def test_glob_and_missing_sources(corpus_dir, tmp_path):
-    assert DataSpec(source=str(corpus_dir / "doc_00*.txt")).corpus_fingerprint["num_files"] == 10
+    assert corpus_fingerprint(DataSpec(source=str(corpus_dir / "doc_00*.txt")))["num_files"] == 10
     pattern = str(tmp_path / "nothing" / "*.jsonl")
     with pytest.raises(ValueError, match="matches no files") as err:
-        DataSpec(source=pattern).hash
+        data_hash(DataSpec(source=pattern))
     assert pattern in str(err.value)
     with pytest.raises(ValueError, match="is not builtin:python-stdlib, hf:<name>, nor an existing"):
-        DataSpec(source=str(tmp_path / "missing.txt")).hash
+        data_hash(DataSpec(source=str(tmp_path / "missing.txt")))
     with pytest.raises(ValueError, match="unknown builtin corpus"):
-        DataSpec(source="builtin:nope").hash
+        data_hash(DataSpec(source="builtin:nope"))
 
 
 def _records(n=60, seed=1):
@@ -281,7 +281,7 @@ def test_external_tokenizer_directory(packed, corpus_dir, tmp_path):
     assert data.tokenizer_hash == packed.tokenizer_hash
     assert data.hash != packed.hash
     np.testing.assert_array_equal(data.stream("train"), packed.stream("train"))
-    assert DataSpec(**{**spec.to_dict(), "vocab_size": 999}).hash == data.hash
+    assert data_hash(DataSpec(**{**spec.to_dict(), "vocab_size": 999})) == data.hash
 
 
 def test_large_vocabulary_uses_uint32(corpus_dir, tmp_path):
@@ -323,7 +323,7 @@ def test_packed_data_pickles_and_reopens(packed):
 @pytest.mark.slow
 def test_builtin_stdlib_subset_split_is_deterministic(tmp_path):
     spec = DataSpec(max_corpus_bytes=400_000, vocab_size=400, seq_len=32, val_fraction=0.2)
-    fp = spec.corpus_fingerprint
+    fp = corpus_fingerprint(spec)
     assert fp["kind"] == "builtin:python-stdlib" and fp["python_version"] and fp["num_files"] > 5
     first = prepare_data(spec, tmp_path / "a")
     second = prepare_data(DataSpec(**spec.to_dict()), tmp_path / "b")
