@@ -11,19 +11,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.external import external_runs, read_external_csv
-from analysis.fits import LAWS, fit_study
+from analysis.fits import fit_study, get_law
 from analysis.study_figures import DEFAULT_BOOTSTRAP, make_figures
 from results import import_external, load_results
 
 __all__ = ["fit_command", "figures_command", "report_command", "import_command", "make_figures",
            "default_output"]
-
-LAW_FORMULAS = {
-    "power": "L(N) = E + A·N^(−alpha)",
-    "chinchilla": "L(N, D) = E + A/N^alpha + B/D^beta",
-    "distillation": "supervised L(N, D) = E + (A/N^alpha + B/D^beta)^gamma; distilled L_S(N, D, L_T) "
-                    "(Busbridge et al. 2025)",
-}
 
 
 def _fmt(v: float) -> str:
@@ -35,13 +28,12 @@ def _fmt(v: float) -> str:
 def fit_command(db_url: str, study: str, law: str, *, bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> str:
     """Fit `law` ("power", "chinchilla" or "distillation") to the study's held-out losses and
     return a text table of each group's params with percentile bootstrap intervals."""
-    if law not in LAWS:
-        raise ValueError(f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
+    formula = get_law(law).formula
     results = load_results(db_url, study)
     if results.metrics.empty or not (results.metrics["name"] == "val_loss").any():
         raise ValueError(f"study {study!r} has no val_loss metrics to fit")
     fits = fit_study(results, law, bootstrap=bootstrap, seed=seed)
-    lines = [f"study {study}: {law} law, {LAW_FORMULAS[law]}",
+    lines = [f"study {study}: {law} law, {formula}",
              f"Huber loss on log L summed over points; {bootstrap} bootstrap resamples (seed {seed}), "
              f"95% percentile intervals"]
     rows = []

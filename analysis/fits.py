@@ -8,6 +8,7 @@ student's name such as "1.9B"); D the tokens seen at the evaluation. Downstream 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -18,10 +19,38 @@ from analysis.scaling import (FitResult, fit_chinchilla, fit_distillation_law, f
 from analysis.tables import run_info
 
 __all__ = ["GroupFit", "loss_points", "power_law_fits", "chinchilla_fits", "distillation_fits",
-           "teacher_losses", "fit_study", "LAWS"]
+           "teacher_losses", "fit_study", "LAWS", "Law", "law", "get_law"]
 
-LAWS = ("power", "chinchilla", "distillation")
 MIN_SIZES = 5  # SCALING.md: at least 5 sizes per curve
+
+
+@dataclass(frozen=True)
+class Law:
+    """A scaling law a study can be fitted to: `pdspace fit --law NAME`, the report's fit section."""
+
+    name: str
+    formula: str
+    """The formula as plain text (`pdspace fit`)."""
+    title: str
+    """The report's heading (HTML)."""
+    fit: Callable[..., list["GroupFit"]]
+    """fit(results, *, bootstrap, seed) -> one GroupFit per group of runs."""
+
+
+LAWS: dict[str, Law] = {}
+"""The laws by name, in report order; add one with @law."""
+
+
+def law(name: str, formula: str, title: str):
+    """Register a function fit(results, *, bootstrap=0, seed=0) -> [GroupFit] as a law."""
+
+    def register(fn):
+        if name in LAWS:
+            raise ValueError(f"law {name!r} is registered twice")
+        LAWS[name] = Law(name, formula, title, fn)
+        return fn
+
+    return register
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ def _groups(points: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return out
 
 
+@law("power", "L(N) = E + A·N^(−alpha)", "Power law L(N) = E + A·N<sup>−α</sup> (final losses)")
 def power_law_fits(results: Results, *, bootstrap: int = 0, seed: int = 0) -> list[GroupFit]:
     """L(N) = E + A·N^(-alpha) on the final losses of LM-only runs and of vanilla PD per teacher."""
     pts = loss_points(results)
@@ -84,6 +114,8 @@ def power_law_fits(results: Results, *, bootstrap: int = 0, seed: int = 0) -> li
     return out
 
 
+@law("chinchilla", "L(N, D) = E + A/N^alpha + B/D^beta",
+     "Chinchilla L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup> (evaluations past 25% of each run)")
 def chinchilla_fits(results: Results, *, bootstrap: int = 0, seed: int = 0, drop_fraction: float = 0.25,
                     groups: tuple[str, ...] | None = None) -> list[GroupFit]:
     """L(N, D) = E + A/N^alpha + B/D^beta on LM-only runs' evaluations and on vanilla PD's per
@@ -122,6 +154,9 @@ def teacher_losses(results: Results, metric: str = "val_loss") -> dict[str, floa
     return out
 
 
+@law("distillation", "supervised L(N, D) = E + (A/N^alpha + B/D^beta)^gamma; distilled L_S(N, D, L_T) "
+                     "(Busbridge et al. 2025)",
+     "Distillation law (Busbridge et al. 2025): supervised law, then distilled")
 def distillation_fits(results: Results, *, bootstrap: int = 0, seed: int = 0,
                       drop_fraction: float = 0.25) -> list[GroupFit]:
     """The supervised law on LM-only evaluations, then the distillation law on PD evaluations with
@@ -150,11 +185,16 @@ def distillation_fits(results: Results, *, bootstrap: int = 0, seed: int = 0,
 
 
 def fit_study(results: Results, law: str, *, bootstrap: int = 0, seed: int = 0) -> list[GroupFit]:
-    """Dispatch on law ("power", "chinchilla", "distillation")."""
-    if law == "power":
-        return power_law_fits(results, bootstrap=bootstrap, seed=seed)
-    if law == "chinchilla":
-        return chinchilla_fits(results, bootstrap=bootstrap, seed=seed)
-    if law == "distillation":
-        return distillation_fits(results, bootstrap=bootstrap, seed=seed)
-    raise ValueError(f"unknown law {law!r}; expected one of {', '.join(LAWS)}")
+    """Fit the registered law ``law`` (LAWS) to a study's runs."""
+    return get_law(law).fit(results, bootstrap=bootstrap, seed=seed)
+
+
+def get_law(name: str) -> Law:
+    """The registered law ``name``; ValueError naming the known ones (and a close match)."""
+    if name not in LAWS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(LAWS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown law {name!r}{hint}; expected one of {', '.join(LAWS)}")
+    return LAWS[name]

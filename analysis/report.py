@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.fits import LAWS, fit_study
 from results import Results, load_results
 
 __all__ = ["write_report", "render_report"]
@@ -65,21 +66,12 @@ def figures_html(figs: dict, skipped: dict) -> str:
     return "".join(parts)
 
 
-FIT_TITLES = {
-    "power": "Power law L(N) = E + A·N<sup>−α</sup> (final losses)",
-    "chinchilla": "Chinchilla L(N, D) = E + A/N<sup>α</sup> + B/D<sup>β</sup> (evaluations past 25% of each run)",
-    "distillation": "Distillation law (Busbridge et al. 2025): supervised law, then distilled",
-}
-
-
 def _study_fits(results: Results, bootstrap: int) -> dict:
     """{law: [GroupFit] or an error message}; empty when the study has no held-out losses."""
-    from analysis.fits import fit_study
-
     if results.metrics.empty or not (results.metrics["name"] == "val_loss").any():
         return {}
     out = {}
-    for law in FIT_TITLES:
+    for law in LAWS:
         try:
             out[law] = fit_study(results, law, bootstrap=bootstrap)
         except (ValueError, ArithmeticError) as e:  # a fit that cannot be made is reported, not fatal
@@ -92,7 +84,7 @@ def _fits_html(all_fits: dict, bootstrap: int) -> str:
     if not all_fits:
         return '<p class="note">No held-out losses (val_loss) to fit.</p>'
     for law, fits in all_fits.items():
-        title = FIT_TITLES[law]
+        title = LAWS[law].title
         if isinstance(fits, str):
             parts.append(f"<h3>{title}</h3><p class='note'>Not fitted: {html.escape(fits)}</p>")
             continue

@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
     p = verb("fit", cmd_fit, "fit a scaling law to a study's runs")
     p.add_argument("study")
-    p.add_argument("--law", choices=("power", "chinchilla", "distillation"), default="power")
+    p.add_argument("--law", default="power", help="a registered law (analysis.fits.LAWS): power, chinchilla, "
+                                                "distillation, ...")
     p = verb("figures", cmd_figures, "paper-style figures (PNG and PDF)")
     p.add_argument("study")
     p.add_argument("--out", default=None, help="output folder (default: artifacts/reports/STUDY/figures)")
