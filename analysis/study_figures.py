@@ -3,72 +3,167 @@ the paper's Figures 1-5 from its benchmark scores, the kept-logits axis of Figur
 logits runs' kept_stats rows, held-out loss curves, and the scaling-law fit plots."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from results import Results
 
-__all__ = ["make_figures", "loss_curves", "kept_frame"]
+__all__ = ["make_figures", "loss_curves", "kept_frame", "FIGURES", "study_figure", "FigureInputs", "StudyFigure"]
 
 DEFAULT_BOOTSTRAP = 200
 
 
+@dataclass
+class FigureInputs:
+    """What a study figure draws from, computed once per call of make_figures (fits lazily)."""
+
+    results: Results
+    scores: pd.DataFrame
+    kept: pd.DataFrame | None
+    reference: bool
+    bootstrap: int
+    fits: dict = field(default_factory=dict)
+
+    def fit(self, law: str) -> list:
+        """The study's fits of a registered law (analysis.fits.LAWS), computed at most once."""
+        from analysis.fits import fit_study
+
+        if law not in self.fits:
+            self.fits[law] = fit_study(self.results, law, bootstrap=self.bootstrap)
+        return self.fits[law]
+
+
+@dataclass(frozen=True)
+class StudyFigure:
+    """A figure of one study: ``draw(inputs)`` returns it, or raises ValueError saying what is
+    missing (shown as 'not drawn' in the report)."""
+
+    name: str
+    draw: Callable[[FigureInputs], Figure]
+
+
+FIGURES: dict[str, StudyFigure] = {}
+"""The figures of one study, in report order; add one with @study_figure."""
+
+
+def study_figure(name: str):
+    """Register ``draw(inputs) -> Figure`` as the study figure ``name``."""
+
+    def register(fn):
+        if name in FIGURES:
+            raise ValueError(f"figure {name!r} is registered twice")
+        FIGURES[name] = StudyFigure(name, fn)
+        return fn
+
+    return register
+
+
+def _scored(inputs: FigureInputs) -> pd.DataFrame:
+    if inputs.scores.empty:
+        raise ValueError("the study has no benchmark evaluations")
+    return inputs.scores
+
+
+@study_figure("fig1_scores_by_size")
+def _fig1(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.figure1(_scored(i), reference=i.reference)
+
+
+@study_figure("fig2_delta_vs_top_p")
+def _fig2(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.figure2(_scored(i), kept=i.kept, reference=i.reference)
+
+
+@study_figure("fig3_delta_vs_top_k")
+def _fig3(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.figure3(_scored(i), kept=i.kept, reference=i.reference)
+
+
+@study_figure("fig4_delta_vs_size")
+def _fig4(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.figure4(_scored(i), reference=i.reference)
+
+
+@study_figure("fig5_score_vs_tokens")
+def _fig5(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.figure5(_scored(i), reference=i.reference)
+
+
+def _curves(i: FigureInputs) -> pd.DataFrame:
+    curves = loss_curves(i.results)
+    if curves.empty:
+        raise ValueError("the study has no val_loss metrics")
+    return curves
+
+
+@study_figure("loss_curves")
+def _loss_curves(i: FigureInputs):
+    from analysis import figures as F
+
+    return F.plot_loss_curves(_curves(i))
+
+
+@study_figure("fit_power_law")
+def _fit_power(i: FigureInputs):
+    from analysis import figures as F
+
+    _curves(i)
+    power = [(g.group, g.points["num_params"], g.points["L"], g.result) for g in i.fit("power")
+             if g.result is not None]
+    if not power:
+        raise ValueError("needs final losses of at least 4 runs over 2+ sizes per group")
+    return F.plot_power_law_fits(power)
+
+
+@study_figure("fit_chinchilla")
+def _fit_chinchilla(i: FigureInputs):
+    from analysis import figures as F
+
+    from analysis.fits import chinchilla_fits
+
+    _curves(i)
+    fits = i.fits.get("chinchilla") or chinchilla_fits(i.results, bootstrap=i.bootstrap, groups=("LM-only",))
+    chin = [g for g in fits if g.result is not None and g.group == "LM-only"]
+    if not chin:
+        raise ValueError("needs LM-only losses at 6+ points over 2+ sizes")
+    g = chin[0]
+    return F.plot_chinchilla_fit(g.points["num_params"], g.points["D"], g.points["L"], g.result)
+
+
 def make_figures(results: Results, out_dir: str | Path | None = None, *, kept_stats: pd.DataFrame | None = None,
                  reference: bool = False, bootstrap: int = DEFAULT_BOOTSTRAP, fits: dict | None = None):
-    """Draw every figure the study's results allow. Returns ({name: Figure}, {name: why skipped}).
-    When out_dir is given the figures are also saved there (PNG and PDF). kept_stats: the kept
-    logits per token (columns p, k, mean_kept; default: kept_frame(results)). fits: already
-    computed {"power": [...], "chinchilla": [...]} GroupFit lists (computed here when missing)."""
+    """Draw every registered figure (FIGURES) the study's results allow. Returns ({name: Figure},
+    {name: why skipped}). When out_dir is given the figures are also saved there (PNG and PDF).
+    kept_stats: the kept logits per token (columns p, k, mean_kept; default: kept_frame(results)).
+    fits: already computed {law: [GroupFit]} (computed here when a figure needs them)."""
     from analysis import figures as F
-    from analysis.fits import chinchilla_fits, power_law_fits
     from analysis.tables import run_scores
 
-    if kept_stats is None:
-        kept_stats = kept_frame(results)
+    inputs = FigureInputs(results, run_scores(results), kept_frame(results) if kept_stats is None else kept_stats,
+                          reference and not results.is_external, bootstrap, dict(fits or {}))
     figs, skipped = {}, {}
-    scores = run_scores(results)
-    ref = reference and not results.is_external
-    specs = [
-        ("fig1_scores_by_size", lambda: F.figure1(scores, reference=ref)),
-        ("fig2_delta_vs_top_p", lambda: F.figure2(scores, kept=kept_stats, reference=ref)),
-        ("fig3_delta_vs_top_k", lambda: F.figure3(scores, kept=kept_stats, reference=ref)),
-        ("fig4_delta_vs_size", lambda: F.figure4(scores, reference=ref)),
-        ("fig5_score_vs_tokens", lambda: F.figure5(scores, reference=ref)),
-    ]
-    if scores.empty:
-        for name, _ in specs:
-            skipped[name] = "the study has no benchmark evaluations"
-        specs = []
-    for name, make in specs:
+    for fig in FIGURES.values():
         try:
-            figs[name] = make()
+            figs[fig.name] = fig.draw(inputs)
         except ValueError as e:
-            skipped[name] = str(e)
-    curves = loss_curves(results)
-    if curves.empty:
-        skipped["loss_curves"] = "the study has no val_loss metrics"
-    else:
-        figs["loss_curves"] = F.plot_loss_curves(curves)
-        fits = fits or {}
-        power_fits = fits["power"] if "power" in fits else power_law_fits(results, bootstrap=bootstrap)
-        power = [(g.group, g.points["num_params"], g.points["L"], g.result)
-                 for g in power_fits if g.result is not None]
-        if power:
-            figs["fit_power_law"] = F.plot_power_law_fits(power)
-        else:
-            skipped["fit_power_law"] = "needs final losses of at least 4 runs over 2+ sizes per group"
-        chin_fits = (fits["chinchilla"] if "chinchilla" in fits
-                     else chinchilla_fits(results, bootstrap=bootstrap, groups=("LM-only",)))
-        chin = [g for g in chin_fits if g.result is not None and g.group == "LM-only"]
-        if chin:
-            g = chin[0]
-            figs["fit_chinchilla"] = F.plot_chinchilla_fit(g.points["num_params"], g.points["D"], g.points["L"], g.result)
-        else:
-            skipped["fit_chinchilla"] = "needs LM-only losses at 6+ points over 2+ sizes"
+            skipped[fig.name] = str(e)
     if out_dir is not None:
-        for name, fig in figs.items():
-            F.save_figure(fig, out_dir, name)
+        for name, figure in figs.items():
+            F.save_figure(figure, out_dir, name)
     return figs, skipped
 
 

@@ -30,3 +30,19 @@ def test_unknown_law_names_the_registered_ones():
         fits.get_law("chinchila")
     with pytest.raises(ValueError, match="registered twice"):
         fits.law("power", "", "")(lambda results, **kw: [])
+
+
+def test_a_new_study_figure_is_one_registered_function(synth_results, tmp_path, monkeypatch):
+    from analysis import study_figures
+    from analysis.figures import plot_loss_curves
+
+    monkeypatch.setattr(study_figures, "FIGURES", dict(study_figures.FIGURES))
+
+    @study_figures.study_figure("final_loss_curves")
+    def _final(inputs):
+        curves = study_figures.loss_curves(inputs.results)
+        return plot_loss_curves(curves[curves["tokens"] >= curves["tokens"].max() / 2])
+
+    figs, skipped = study_figures.make_figures(synth_results, tmp_path, bootstrap=0)
+    assert "final_loss_curves" in figs and (tmp_path / "final_loss_curves.png").exists()
+    assert list(figs)[-1] == "final_loss_curves"  # registry order is report order
