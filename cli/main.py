@@ -56,6 +56,13 @@ def study_files(target: str) -> list[Path]:
 def cmd_validate(args: argparse.Namespace) -> int:
     from orchestrator.study import load_study
 
+    if args.explain:
+        from orchestrator.schema import explain
+
+        print(explain())
+        return 0
+    if args.study is None:
+        raise ValueError("validate needs a study file or folder (or --explain to list every setting)")
     for f in study_files(args.study):
         study = load_study(f, overrides=args.set)
         try:
@@ -278,8 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("validate", cmd_validate, "check study files; exit 2 with dotted-path errors"),
                               ("plan", cmd_plan, "what would run: units, sizes, tokens, FLOPs, time, reuse")):
         p = verb(name, func, help_)
-        p.add_argument("study", help="study YAML file or folder")
+        p.add_argument("study", help="study YAML file or folder", **({"nargs": "?"} if name == "validate" else {}))
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study field")
+        if name == "validate":
+            p.add_argument("--explain", action="store_true",
+                           help="list every study setting with its default and what it does, and exit")
     p = verb("run", cmd_run, "run a study (or every study in a folder): only what is missing")
     p.add_argument("study", help="study YAML file or folder")
     p.add_argument("--address", help="join an existing Ray cluster (default: start a local one)")

@@ -194,8 +194,11 @@ def explain() -> str:
         for name, field in model.model_fields.items():
             path = f"{prefix}{name}"
             inner = unwrap_model_field(field.annotation)
-            default = field.get_default(call_default_factory=True)
-            shown = "" if isinstance(default, BaseModel) else f" = {fmt(default)}"
+            if field.is_required():
+                shown = " (required)"
+            else:
+                default = field.get_default(call_default_factory=True)
+                shown = "" if isinstance(default, BaseModel) else f" = {fmt(default)}"
             doc = " ".join((field.description or "").split())
             lines.append(f"{path}{shown}" + (f"\n    {doc}" if doc else ""))
             if inner is not None:
