@@ -45,8 +45,32 @@ def check_exists(db_url: str) -> None:
         raise ValueError(f"database {sqlite_path(db_url)} does not exist (run a study or import results first)")
 
 
+def backend(db_url: str) -> str:
+    """The database kind of a URL: "sqlite", "postgresql", or the URL's scheme for the others."""
+    scheme = db_url.split("://", 1)[0].split("+", 1)[0].lower()
+    return "postgresql" if scheme in ("postgresql", "postgres") else scheme
+
+
+def normalise_url(db_url: str) -> str:
+    """A PostgreSQL URL without a driver (``postgresql://`` or ``postgres://``) gets the installed
+    one: psycopg 3 (``pip install 'pdspace[postgres]'``), else psycopg2. ValueError when neither is."""
+    scheme, sep, rest = db_url.partition("://")
+    if not sep or scheme.lower() not in ("postgresql", "postgres"):
+        return db_url
+    for module, driver in (("psycopg", "postgresql+psycopg"), ("psycopg2", "postgresql")):
+        try:
+            __import__(module)
+        except ImportError:
+            continue
+        return f"{driver}://{rest}"
+    raise ValueError("a PostgreSQL database needs a driver: pip install 'pdspace[postgres]'")
+
+
 def make_engine(db_url: str, *, read_only: bool = False) -> Engine:
-    """An engine; SQLite gets WAL, a 30 s busy timeout and foreign keys (read-only: mode=ro)."""
+    """An engine. SQLite gets WAL, a 30 s busy timeout and foreign keys; read-only: the file is
+    opened with mode=ro and every connection has PRAGMA query_only. PostgreSQL read-only: every
+    transaction is READ ONLY (default_transaction_read_only)."""
+    db_url = normalise_url(db_url)
     if db_url.startswith("sqlite"):
         connect_args = {"timeout": 30}
         if read_only:
@@ -57,13 +81,17 @@ def make_engine(db_url: str, *, read_only: bool = False) -> Engine:
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # noqa: ANN001
             cur = dbapi_conn.cursor()
-            if not read_only:
+            if read_only:
+                cur.execute("PRAGMA query_only=ON")
+            else:
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
         return engine
+    if read_only and backend(db_url) == "postgresql":
+        return create_engine(db_url, connect_args={"options": "-c default_transaction_read_only=on"})
     return create_engine(db_url)
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
-from sqlalchemy import case, func, inspect, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import case, func, inspect, select
 
-from results.engine import check_exists, engine_for, reading, session_scope
+from results.engine import backend, check_exists, engine_for, reading, session_scope
 from results.legacy import kept_rows_from_metrics
 from results.schema import KEPT_STAT_FIELDS, Artifact, Eval, KeptStat, Metric, Run, Study, StudyRun
+from results.sqltext import one_statement
 
 __all__ = ["Results", "load_results", "final_losses", "flatten_config", "list_studies", "unit_statuses",
            "unit_progress", "status_rows", "final_run_metrics", "results_frame", "export_artifact", "query",
@@ -281,15 +281,62 @@ def export_artifact(db_url: str, study: str) -> tuple[str, str] | None:
 
 
 def query(db_url: str, sql: str) -> pd.DataFrame:
-    """The rows of one user SQL statement, on a read-only connection (SQLite: opened read-only;
-    other backends: rolled back). ValueError with the database's one-line message when it fails,
-    and when the statement returns no rows."""
+    """The rows of one user SQL statement, which cannot write on any backend.
+
+    The text must be one statement (results.sqltext.one_statement: no second statement after a
+    semicolon, no ATTACH, COPY, VACUUM, DO or CALL). It runs on a read-only connection: SQLite
+    opens the file with mode=ro, sets PRAGMA query_only and an authorizer that refuses ATTACH,
+    DETACH and pragmas that set a value; PostgreSQL runs it in a READ ONLY transaction (on a
+    session whose default is read-only), inside a savepoint so that it cannot switch the
+    transaction to read-write, as a prepared statement (the server refuses several commands),
+    and rolls back. ValueError with the database's one-line message when it fails, and when the
+    statement returns no rows."""
+    check_exists(db_url)
+    kind = backend(db_url)
+    statement = one_statement(sql, kind)
     try:
         with reading(db_url) as conn:
-            result = conn.execute(text(sql))
-            if not result.returns_rows:
-                raise ValueError("the query returned no rows to show (pdspace query is read-only)")
-            return pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    except SQLAlchemyError as exc:
+            raw = conn.connection.dbapi_connection
+            if kind == "sqlite":
+                raw.set_authorizer(_sqlite_authorizer)
+            cur = raw.cursor()
+            try:
+                if kind == "postgresql":
+                    cur.execute("SET TRANSACTION READ ONLY")
+                    cur.execute("SAVEPOINT pdspace_query")
+                if kind == "postgresql" and hasattr(raw, "prepare_threshold"):  # psycopg 3
+                    cur.execute(statement, prepare=True)
+                else:
+                    cur.execute(statement)
+                if cur.description is None:
+                    raise ValueError("the query returned no rows to show (pdspace query is read-only)")
+                columns = [d[0] for d in cur.description]
+                return pd.DataFrame(cur.fetchall(), columns=columns)
+            finally:
+                cur.close()
+                raw.rollback()
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the driver's own errors (sqlite3, psycopg) become one sentence
         orig = getattr(exc, "orig", None) or exc
-        raise ValueError(f"the query failed: {str(orig).splitlines()[0]}") from exc
+        first = str(orig).strip().splitlines()
+        message = first[0] if first else type(orig).__name__
+        if kind == "sqlite" and message == "not authorized":
+            message += " (pdspace query is read-only: no ATTACH, no pragma that sets a value, no extensions)"
+        raise ValueError(f"the query failed: {message}") from exc
+
+
+_SQLITE_INFO_PRAGMAS = {"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+                        "foreign_key_list"}
+
+
+def _sqlite_authorizer(action: int, arg1, arg2, _db, _trigger) -> int:  # noqa: ANN001
+    """What a `pdspace query` statement may do on SQLite: anything but ATTACH/DETACH and pragmas
+    that set a value (reading a pragma, and the schema pragmas that name a table, are allowed)."""
+    import sqlite3
+
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+        return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and str(arg1).lower() not in _SQLITE_INFO_PRAGMAS:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
