@@ -9,6 +9,7 @@ an online window sees the teacher's sequences, as in the paper.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,6 +145,65 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
     trial_units.sort(key=lambda u: 0 if u.kind == "baseline" else 1)
     units += list(teacher_units.values()) + list(logits_units.values()) + trial_units
     return Plan(study=study, units=units, aliases=aliases)
+
+
+def prepared_train_sequences(study: Any, artifacts: Path | None) -> int | None:
+    """Training sequences of the study's data when it is already prepared under ``artifacts``
+    (read from its manifest, matched by spec: no tokenisation), else None."""
+    if artifacts is None:
+        return None
+    spec = study.data_spec()
+    for manifest in sorted((Path(artifacts) / "data").glob("*/manifest.json")):
+        try:
+            m = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("spec") == spec:
+            return int(m["splits"]["train"]["num_sequences"])
+    return None
+
+
+def region_problems(plan: Plan, num_train_sequences: int) -> list[tuple[str, str]]:
+    """(trial id, problem) for each student, baseline or offline logits unit that would read
+    sequences a teacher trained from scratch learns on (see the module docstring: students read
+    the first half of the training sequences, such a teacher the second). Pretrained teachers
+    are exempt: their training text is unknown, and none of the study's is theirs."""
+    scratch = [u for u in plan.units if u.kind == "teacher"]
+    if not scratch:
+        return []
+    seq_len = plan.study.data_spec()["seq_len"]
+    half = num_train_sequences // 2
+    out = []
+    for u in plan.units:
+        if u.kind == "logits":
+            tokens = u.config.get("num_tokens") or num_train_sequences * seq_len
+        elif u.kind in ("student", "baseline") and (u.config.get("logits") or {}).get("source") != "online":
+            tokens = u.config["tokens"]
+        else:
+            continue  # online windows train on the teacher's own batches, as in the paper
+        need = -(-int(tokens) // seq_len)
+        if need > half:
+            teachers = ", ".join(t.trial_id.removeprefix("teacher:") for t in scratch)
+            out.append((u.trial_id, (
+                f"needs {int(tokens):,} tokens ({need:,} sequences of {seq_len}), but the student region, the "
+                f"first half of the training data that the scratch teacher ({teachers}) never sees, holds "
+                f"{half:,} sequences ({half * seq_len:,} tokens); lower its tokens, give the study more "
+                f"text (a larger data.source or data.max_train_tokens), or use a pretrained teacher")))
+    return out
+
+
+def check_regions(plan: Plan, artifacts: Path | None) -> bool:
+    """Refuse (StudyError, exit 2 on the CLI) a plan whose students would read a scratch teacher's
+    training text. Returns False when the data is not prepared yet (nothing to check against)."""
+    n = prepared_train_sequences(plan.study, artifacts)
+    if n is None:
+        return False
+    problems = region_problems(plan, n)
+    if problems:
+        from orchestrator.errors import StudyError
+
+        raise StudyError([(f"{plan.study.name}: {trial}", problem) for trial, problem in problems])
+    return True
 
 
 def existing_status(db_url: str | None, plan: Plan) -> dict[str, str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import results
-from orchestrator.plan import Plan, Unit, build_plan
+from orchestrator.plan import Plan, Unit, build_plan, check_regions
 
 
 def register(plan: Plan, db_url: str) -> dict[str, str]:
@@ -120,7 +120,7 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
             _say(quiet, f"{head}: {len(todo)} of {len(merged)} {units_word} to run"
                         + (f" ({len(resumed)} resume from a checkpoint)" if resumed else "")
                         + ("" if one else ", as one schedule"))
-            errors = _execute(todo, db_url=db_url, artifacts=Path(artifacts), address=address,
+            errors = _execute(todo, plans=plans, db_url=db_url, artifacts=Path(artifacts), address=address,
                               max_concurrent=max_concurrent or max(s.resources.max_concurrent for s in studies),
                               max_retries=max(s.resources.max_retries for s in studies), quiet=quiet, live=live)
         else:
@@ -132,7 +132,7 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
                      started_s=t0)
 
 
-def _execute(todo: list[Unit], *, db_url: str, artifacts: Path, address: str | None,
+def _execute(todo: list[Unit], *, plans: list[Plan], db_url: str, artifacts: Path, address: str | None,
              max_concurrent: int | None, max_retries: int, quiet: bool, live: bool) -> dict[str, str | None]:
     from orchestrator.execute import execute
     from orchestrator.progress import LiveView
@@ -149,6 +149,8 @@ def _execute(todo: list[Unit], *, db_url: str, artifacts: Path, address: str | N
             errors[u.config_hash] = None
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"preparing the study's data failed: {exc}") from exc
+    for plan in plans:  # before any training: no student may read a scratch teacher's text
+        check_regions(plan, artifacts)
     rest = [u for u in todo if u.kind != "data"]
     # Dependencies already complete are satisfied; pass only those still to run.
     rest = [Unit(**{**u.__dict__, "deps": tuple(d for d in u.deps if d in todo_hashes and d not in errors)})
