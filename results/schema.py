@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+BigId = BigInteger().with_variant(Integer, "sqlite")
+"""A 64-bit primary key (SQLite: INTEGER, its 64-bit rowid; BIGINT there would not autoincrement)."""
 
 RUN_KINDS = ("data", "teacher", "logits", "student", "baseline", "external")
 RUN_STATUSES = ("pending", "running", "completed", "failed")
@@ -69,12 +72,16 @@ class StudyRun(Base):
 
 
 class Metric(Base):
+    """One value of a run at a step. Counts are 64-bit (migration 0003). The unique key (run_id,
+    step, name) serves upserts; (run_id, name, step) serves the reads: a run's series of one name."""
+
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("run_id", "step", "name"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    step: Mapped[int] = mapped_column(Integer)
-    tokens: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (UniqueConstraint("run_id", "step", "name"),
+                      Index("ix_metrics_run_name_step", "run_id", "name", "step"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    step: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     wall_time: Mapped[float] = mapped_column(Float)
@@ -83,10 +90,10 @@ class Metric(Base):
 class Eval(Base):
     __tablename__ = "evals"
     __table_args__ = (UniqueConstraint("run_id", "step", "task", "metric"),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    step: Mapped[int] = mapped_column(Integer)
-    tokens: Mapped[int] = mapped_column(Integer)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    step: Mapped[int] = mapped_column(BigInteger)
+    tokens: Mapped[int] = mapped_column(BigInteger)
     task: Mapped[str] = mapped_column(String(200))
     metric: Mapped[str] = mapped_column(String(100))
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -100,7 +107,7 @@ class Artifact(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
     kind: Mapped[str] = mapped_column(String(50))
     path: Mapped[str] = mapped_column(Text)
-    bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
@@ -111,7 +118,7 @@ class KeptStat(Base):
     __tablename__ = "kept_stats"
     __table_args__ = (UniqueConstraint("run_id", "top_p", "top_k"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
     top_p: Mapped[float] = mapped_column(Float)
     top_k: Mapped[int] = mapped_column(Integer)
     num_tokens: Mapped[int] = mapped_column(BigInteger)

@@ -56,6 +56,8 @@ class ImportedRun:
 def _upsert(session: Any, model: type, rows: list[dict[str, Any]], keys: list[str]) -> None:
     if not rows:
         return
+    # one row per key, the last one winning (PostgreSQL refuses a batch that hits one key twice)
+    rows = list({tuple(r[k] for k in keys): r for r in rows}.values())
     dialect = session.bind.dialect.name
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert

@@ -1,4 +1,5 @@
-"""The results database: migrations, upserts, and concurrent writers that lose no rows."""
+"""The results database: migrations, upserts, and concurrent writers that lose no rows, on SQLite and
+on a throw-away PostgreSQL server (the db_url fixture, tests/conftest.py)."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -22,8 +23,8 @@ def _writer(url: str, run_id: int, n: int) -> None:
         record_metrics(url, run_id, step, step * 100, {"loss": float(step), "lr": 1e-3})
 
 
-def test_migration_is_idempotent_and_creates_every_table(tmp_path):
-    url = f"sqlite:///{tmp_path / 'a.db'}"
+def test_migration_is_idempotent_and_creates_every_table(db_url):
+    url = db_url
     init_db(url)
     init_db(url)
     names = set(inspect(make_engine(url)).get_table_names())
@@ -40,8 +41,8 @@ def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
         assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 30000
 
 
-def test_two_concurrent_writers_lose_no_rows(tmp_path):
-    url = f"sqlite:///{tmp_path / 'c.db'}"
+def test_two_concurrent_writers_lose_no_rows(db_url):
+    url = db_url
     init_db(url)
     ids = [_new_run(url, f"h{i}") for i in range(2)]
     ctx = mp.get_context("spawn")
@@ -57,8 +58,8 @@ def test_two_concurrent_writers_lose_no_rows(tmp_path):
             assert n == 600
 
 
-def test_rereported_steps_update_instead_of_duplicating(tmp_path):
-    url = f"sqlite:///{tmp_path / 'u.db'}"
+def test_rereported_steps_update_instead_of_duplicating(db_url):
+    url = db_url
     init_db(url)
     rid = _new_run(url, "h")
     record_metrics(url, rid, 5, 500, {"loss": 2.0})
@@ -67,3 +68,28 @@ def test_rereported_steps_update_instead_of_duplicating(tmp_path):
     with session_scope(make_engine(url)) as s:
         rows = s.execute(select(Metric.value).where(Metric.run_id == rid)).scalars().all()
     assert rows == [1.5]
+
+
+def test_counts_past_32_bits_are_stored(db_url):
+    """A paper-scale run: 10^11 tokens, steps past 2^31, a 10^13-byte store (PostgreSQL's INTEGER
+    refused these before migration 0003)."""
+    from results import record_artifact
+    from results.schema import Artifact
+
+    init_db(db_url)
+    rid = _new_run(db_url, "big")
+    record_metrics(db_url, rid, 2**33, 10**11, {"loss": 1.0})
+    record_evals(db_url, rid, [{"step": 2**33, "tokens": 10**11, "task": "t", "metric": "acc", "value": 0.5}])
+    record_artifact(db_url, rid, "logits_store", "/s", num_bytes=10**13)
+    with session_scope(make_engine(db_url)) as s:
+        assert s.execute(select(Metric.step, Metric.tokens)).one() == (2**33, 10**11)
+        assert s.execute(select(Artifact.bytes)).scalar_one() == 10**13
+
+
+def test_the_metrics_indexes_serve_the_reads_and_none_is_redundant(db_url):
+    init_db(db_url)
+    insp = inspect(make_engine(db_url))
+    indexes = {tuple(ix["column_names"]) for t in ("metrics",) for ix in insp.get_indexes(t)}
+    assert ("run_id", "name", "step") in indexes and ("run_id",) not in indexes
+    for table in ("evals", "kept_stats"):  # their unique keys start with run_id
+        assert ("run_id",) not in {tuple(ix["column_names"]) for ix in insp.get_indexes(table)}

@@ -1,5 +1,6 @@
 """Kept-logits statistics as kept_stats rows: written and read as columns, and migration 0002
-moving a database's old `kept_per_token[p=..,k=..]` metric rows into the table (and back)."""
+moving a database's old `kept_per_token[p=..,k=..]` metric rows into the table (and back); on
+SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,8 @@ def _study(url: str) -> int:
     return run_id_for(url, "lg")
 
 
-def test_kept_stats_are_upserted_and_read_as_columns(tmp_path):
-    url = f"sqlite:///{tmp_path / 'k.db'}"
+def test_kept_stats_are_upserted_and_read_as_columns(db_url):
+    url = db_url
     init_db(url)
     rid = _study(url)
     rows = [{"top_p": p, "top_k": k, "num_tokens": 10**11, "mean_kept_per_token": kept, "bytes_per_token": b,
@@ -33,9 +34,8 @@ def test_kept_stats_are_upserted_and_read_as_columns(tmp_path):
     assert row["mean_kept_per_token"] == 13.0 and row["num_tokens"] == 10**11 and row["sampled_rows"] == 4096
 
 
-def _old_database(tmp_path) -> tuple[str, int]:
+def _old_database(url: str) -> tuple[str, int]:
     """A database at revision 0001 whose logits run holds the old kept metric rows."""
-    url = f"sqlite:///{tmp_path / 'old.db'}"
     upgrade(url, "0001")
     rid = _study(url)
     values = {"store_bytes": 1234.0}
@@ -46,16 +46,16 @@ def _old_database(tmp_path) -> tuple[str, int]:
     return url, rid
 
 
-def test_a_database_not_yet_migrated_still_reads_its_kept_stats(tmp_path):
-    url, _ = _old_database(tmp_path)
+def test_a_database_not_yet_migrated_still_reads_its_kept_stats(db_url):
+    url, _ = _old_database(db_url)
     kept = load_results(url, "s").kept_stats
     got = {(p, k): (v, b) for p, k, v, b in zip(kept["top_p"], kept["top_k"], kept["mean_kept_per_token"],
                                                 kept["bytes_per_token"])}
     assert got == POINTS and set(kept["num_tokens"]) == {5000}
 
 
-def test_migration_0002_moves_the_old_metric_rows_and_its_downgrade_restores_them(tmp_path):
-    url, rid = _old_database(tmp_path)
+def test_migration_0002_moves_the_old_metric_rows_and_its_downgrade_restores_them(db_url):
+    url, rid = _old_database(db_url)
     init_db(url)  # what the next `pdspace run` or import does
     with session_scope(make_engine(url)) as s:
         names = set(s.execute(select(Metric.name)).scalars())
