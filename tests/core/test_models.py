@@ -155,5 +155,17 @@ def test_load_pretrained_from_a_local_directory(tmp_path):
 
 def test_check_vocab_compatible():
     check_vocab_compatible(4096, 4096)
-    with pytest.raises(ValueError, match="teacher vocabulary 32000 does not match student vocabulary 4096"):
-        check_vocab_compatible(32000, 4096)
+    check_vocab_compatible(151_552, 151_329)  # GLM-4-9B: padded rows beyond the tokenizer are fine
+    with pytest.raises(ValueError, match="the tokenizer has 32000 tokens but the teacher's vocabulary has only "
+                                         "4096 rows: token ids would be out of range"):
+        check_vocab_compatible(4096, 32000)
+
+
+def test_model_vocab_size_reads_the_padded_size(tmp_path):
+    from transformers import Qwen2Config
+
+    from core.models import model_vocab_size
+
+    Qwen2Config(vocab_size=151_552, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1).save_pretrained(tmp_path)
+    assert model_vocab_size(tmp_path) == 151_552
