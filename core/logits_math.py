@@ -56,19 +56,19 @@ def truncate_with_counts(
     if lse is None:
         lse = torch.logsumexp(x, dim=-1, keepdim=True)
     values, indices = _topk_stable(x, k)
-    return _finish_truncation(values, indices, lse.reshape(-1, 1), truncation.top_p, shape)
+    return _finish_truncation(values, indices, lse.reshape(-1, 1), truncation, shape)
 
 
-def _finish_truncation(values, indices, lse, top_p, shape):
+def _finish_truncation(values, indices, lse, truncation, shape):
     # A NaN anywhere in a row makes its normaliser NaN (so does a row of -inf or a +inf logit).
     if torch.isnan(lse).any():
         raise ValueError("logits contain NaN; refusing to truncate them")
     k = values.shape[-1]
     logprobs = values - lse
-    if top_p >= 1.0:
+    if truncation.top_p >= 1.0:
         counts = torch.full((values.shape[0],), k, dtype=torch.int64, device=values.device)
     else:
-        counts = kept_counts(logprobs, top_p)
+        counts = kept_counts(logprobs, truncation)
         pad = torch.arange(k, device=values.device) >= counts[:, None]
         logprobs = logprobs.masked_fill(pad, float("-inf"))
         indices = indices.masked_fill(pad, 0)
@@ -79,15 +79,18 @@ def _finish_truncation(values, indices, lse, top_p, shape):
     )
 
 
-def kept_counts(logprobs, top_p: float):
-    """Length of the smallest prefix whose cumulative probability reaches ``top_p``: THE top-p
-    rule, for torch tensors (extraction, capture, live teachers) and numpy arrays (a store
-    deriving a smaller p) alike.
+def kept_counts(logprobs, truncation: Truncation):
+    """Entries each row keeps under ``truncation`` (beyond its top_k cap, which the caller's
+    width already applies): the length of the smallest prefix whose cumulative probability
+    reaches ``top_p``. THE truncation rule, for torch tensors (extraction, capture, live teachers)
+    and numpy arrays (a store deriving a smaller rule) alike: a new rule (min-p, ...) is a field
+    of core.config.Truncation plus its lines here.
 
     logprobs: (N, K) sorted descending (padding -inf), torch or numpy. Returns (N,) int64 in
     [1, K] of the same kind; a row whose K entries never reach ``top_p`` keeps all K. The sum
     runs in float64.
     """
+    top_p = truncation.top_p
     if isinstance(logprobs, torch.Tensor):
         cum = logprobs.double().exp().cumsum(dim=-1)
     else:
@@ -226,7 +229,7 @@ def truncate_and_stats(
         values, indices = _topk_stable(x, k)
         # logsumexp from the softmax: p(argmax) = exp(max - lse)
         lse = values[:, :1] - probs.gather(1, indices[:, :1]).log()
-        idx, lp, cnt = _finish_truncation(values, indices, lse, truncation.top_p, x.shape)
+        idx, lp, cnt = _finish_truncation(values, indices, lse, truncation, x.shape)
         parts.append((idx, lp, cnt, row_stats(x, gammas, lse=lse, probs=probs)))
     if len(parts) == 1:
         return parts[0]

@@ -753,7 +753,7 @@ class LogitsStore:
             indices, logprobs = indices[:, :k].copy(), logprobs[:, :k].copy()
         if p < self.keeps.top_p:
             # the top-p rule (core.logits_math.kept_counts) on the stored log-probabilities
-            drop = np.arange(k)[None, :] >= kept_counts(logprobs, p)[:, None]
+            drop = np.arange(k)[None, :] >= kept_counts(logprobs, t)[:, None]
             logprobs[drop] = -np.inf
             indices[drop] = 0
         return indices, logprobs
