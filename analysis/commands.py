@@ -29,7 +29,7 @@ def fit_command(db_url: str, study: str, law: str, *, bootstrap: int = DEFAULT_B
     """Fit `law` ("power", "chinchilla" or "distillation") to the study's held-out losses and
     return a text table of each group's params with percentile bootstrap intervals."""
     formula = get_law(law).formula
-    results = load_results(db_url, study)
+    results = load_results(db_url, study, curves=0)  # held-out losses and evaluations only
     if results.metrics.empty or not (results.metrics["name"] == "val_loss").any():
         raise ValueError(f"study {study!r} has no val_loss metrics to fit")
     fits = fit_study(results, law, bootstrap=bootstrap, seed=seed)
@@ -70,7 +70,7 @@ def figures_command(db_url: str, study: str, out_dir: str | Path | None, *,
     """Write the study's figures (PNG and PDF) into out_dir; returns the files written.
     Figures the results cannot support are skipped; ValueError when none can be drawn.
     kept_stats: kept logits per token (p, k, mean_kept); default: the study's logits runs'."""
-    results = load_results(db_url, study)
+    results = load_results(db_url, study, curves=0)  # held-out losses and evaluations only
     out_dir = out_dir or default_output(study, "figures")
     figs, skipped = make_figures(results, None, kept_stats=kept_stats, reference=reference)
     if not figs:

@@ -154,7 +154,7 @@ def write_report(db_url: str, study: str, out_path: str | Path, kept_stats: pd.D
                  *, bootstrap: int = 200) -> Path:
     """Write one self-contained HTML file for `study` (tables, fit params with intervals, figures
     as base64 PNG) to out_path; returns the path."""
-    results = load_results(db_url, study)
+    results = load_results(db_url, study, curves=0)  # the report draws held-out losses only
     return write_text_atomic(out_path, render_report(results, kept_stats=kept_stats, bootstrap=bootstrap))
 
 

@@ -11,6 +11,7 @@ Modules (none imports torch, ray, core, orchestrator or analysis):
     read      load_results -> Results (tidy frames), final_losses, list_studies, unit_statuses,
               unit_progress, status_rows, final_run_metrics, results_frame, export_artifact, query
     pairs     attach_baseline: every run paired with its LM-only baseline
+    series    metric_rows: evaluation rows in full, training curves thinned in SQL (TRAINING_METRICS)
     sqltext   one_statement: the single-statement check in front of `pdspace query`
     legacy    the kept-logits metric names of databases before migration 0002
 """

@@ -4,7 +4,8 @@ studies it holds, the status of runs, the per-run results table, and the read-on
 
     results = load_results("sqlite:///pdspace.db", "quickstart")
     results.runs        # one row per study run: trial_id, factor, value, kind, status, config.* flattened
-    results.metrics     # one row per (run, step, name): training and held-out metrics
+    results.metrics     # one row per (run, step, name): held-out metrics in full, training curves
+                        # thinned to 200 points per run and name (curves=N to choose, full=True: all)
     results.evals       # one row per (run, step, task, metric): benchmark scores
     results.kept_stats  # one row per (logits run, top_p, top_k): kept logits and bytes per token
     final_losses(results)  # per run: val_loss at its largest step
@@ -21,6 +22,7 @@ from sqlalchemy import case, func, inspect, select
 from results.engine import backend, check_exists, engine_for, reading, session_scope
 from results.legacy import kept_rows_from_metrics
 from results.schema import KEPT_STAT_FIELDS, Artifact, Eval, KeptStat, Metric, Run, Study, StudyRun
+from results.series import DEFAULT_CURVE_POINTS, metric_rows
 from results.sqltext import one_statement
 
 __all__ = ["Results", "load_results", "final_losses", "flatten_config", "list_studies", "unit_statuses",
@@ -79,10 +81,15 @@ def list_studies(db_url: str) -> list[str]:
         return sorted(conn.execute(select(Study.name)).scalars())
 
 
-def load_results(db_url: str, study: str) -> Results:
+def load_results(db_url: str, study: str, *, curves: int | None = DEFAULT_CURVE_POINTS,
+                 full: bool = False) -> Results:
     """Read one study (runs, metrics, evals, kept-logits statistics) from the database, read-only.
 
-    Raises ValueError when the study does not exist (naming the studies that do).
+    metrics: every evaluation row (val_loss, teacher_kl, top1_agreement, store_bytes, ...); the
+    training curves (results.series.TRAINING_METRICS) thinned by the database to ``curves`` points
+    per run and name, the first and last step always among them (0 or None: no training curves,
+    what the report, fits and figures ask for); ``full=True``: every row. Raises ValueError when
+    the study does not exist (naming the studies that do).
     """
     check_exists(db_url)
     with reading(db_url) as conn:
@@ -108,10 +115,7 @@ def load_results(db_url: str, study: str) -> Results:
             records.append(rec)
         runs = pd.DataFrame.from_records(records) if records else _empty(RUN_COLUMNS)
         run_ids = [int(i) for i in runs["run_id"]] if len(runs) else []
-        metrics = _read(conn, select(Metric.run_id, Metric.step, Metric.tokens, Metric.name,
-                                     Metric.value, Metric.wall_time)
-                        .where(Metric.run_id.in_(run_ids)).order_by(Metric.run_id, Metric.step, Metric.id),
-                        runs, METRIC_COLUMNS)
+        metrics = _merge_keys(metric_rows(conn, study_id, curves=curves, full=full), runs, METRIC_COLUMNS)
         evals = _read(conn, select(Eval.run_id, Eval.step, Eval.tokens, Eval.task, Eval.metric,
                                    Eval.value, Eval.stderr)
                       .where(Eval.run_id.in_(run_ids)).order_by(Eval.run_id, Eval.step, Eval.id),
@@ -221,16 +225,19 @@ def _final_frames(db_url: str, study: str, *, evals: bool) -> tuple[pd.DataFrame
                                      "config_hash", "duration_s", "error"])
         if runs.empty and conn.execute(select(Study.id).where(Study.name == study)).first() is None:
             raise ValueError(f"no study named {study!r} in the database")
-        # over every run of the database, as `pdspace results` always did: a metric or task another
-        # study's runs have is a column (empty here) of this study's table too
-        last = (select(Metric.run_id, func.max(Metric.step).label("step"))
-                .where(Metric.name == "val_loss").group_by(Metric.run_id).subquery())
+        # the study's runs only, each by index seeks: its last val_loss step, the final metrics there
+        mine = select(StudyRun.run_id).join(Study, Study.id == StudyRun.study_id).where(Study.name == study)
+        mine = mine.distinct().subquery()
+        last_step = (select(func.max(Metric.step)).where(Metric.run_id == mine.c.run_id, Metric.name == "val_loss")
+                     .scalar_subquery())
+        last = select(mine.c.run_id, last_step.label("step")).subquery()
         final = pd.read_sql(select(Metric.run_id, Metric.name, Metric.value, Metric.step, Metric.tokens)
                             .join(last, (last.c.run_id == Metric.run_id) & (last.c.step == Metric.step))
                             .where(Metric.name.in_(FINAL_METRICS)), conn)
         ev = pd.DataFrame()
         if evals:
-            last_eval = select(Eval.run_id, func.max(Eval.step).label("step")).group_by(Eval.run_id).subquery()
+            last_eval = (select(Eval.run_id, func.max(Eval.step).label("step"))
+                         .where(Eval.run_id.in_(select(mine.c.run_id))).group_by(Eval.run_id).subquery())
             ev = pd.read_sql(select(Eval.run_id, Eval.task, Eval.metric, Eval.value, Eval.stderr, Eval.step)
                              .join(last_eval, (last_eval.c.run_id == Eval.run_id) & (last_eval.c.step == Eval.step)),
                              conn)
