@@ -249,6 +249,10 @@ class TrainConfig:
     """Refuse up to this many non-finite steps in total, then fail the run."""
     bf16: bool | None = setting(None)
     """bf16 autocast; None = on for CUDA, off on CPU."""
+    fused_loss: bool = setting(True, identity=False)
+    """LM head and loss fused and chunked (core.fused_loss): no (B, T, V) logits or gradient in
+    memory; the same loss up to float rounding. False (or a teacher capturing online logits, which
+    needs them whole): the reference path, logits then core.losses.distillation_loss."""
     log_every_steps: PosInt = setting(10, identity=False)
     """Report training metrics every this many steps."""
     checkpoint_every_steps: PosInt = setting(100, identity=False)

@@ -107,6 +107,21 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _fused_loss(hidden: torch.Tensor, lm_head: torch.Tensor, labels: torch.Tensor, teacher: Any, alpha: float,
+                kd: KDConfig, *, num_tokens: float):
+    """core.fused_loss.linear_distillation_loss on a (B, T, D) micro-batch and its (B, T) labels."""
+    from core.fused_loss import linear_distillation_loss
+
+    k = teacher.indices.shape[-1] if teacher is not None else 0
+    return linear_distillation_loss(
+        hidden.reshape(-1, hidden.shape[-1]), lm_head, labels.reshape(-1),
+        teacher.indices.reshape(-1, k) if teacher is not None else None,
+        teacher.logprobs.reshape(-1, k) if teacher is not None else None,
+        alpha=alpha, kd=kd, num_tokens=num_tokens,
+        teacher_stats={n: v.reshape(-1) for n, v in teacher.stats.items()} if teacher is not None else None,
+    )
+
+
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     step: int, extra: dict[str, Any]) -> None:
     """Write a checkpoint directory atomically (temp dir, then rename over the old one)."""
@@ -197,6 +212,10 @@ def train(
     if alphas_used and teacher is None:
         raise ValueError("the alpha schedule uses the KD loss but no teacher signal was given")
     kd = cfg.kd or KDConfig()
+    # The fused LM head + loss (core.fused_loss) unless the run captures online logits, which
+    # needs them whole; the unfused path stays for reference and tests.
+    fused = cfg.fused_loss and online_capture is None
+    lm_head = model.get_output_embeddings().weight
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
     model.to(device)
@@ -282,16 +301,26 @@ def train(
             sync = m == num_micro - 1 or world == 1
             ctx = ddp_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
             with ctx:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    logits = ddp_model(input_ids=input_ids).logits
-                if online_capture is not None:
-                    online_capture(step, seq_ids, logits.detach())
                 # One global normaliser: every micro-batch's sum is divided by the global
                 # token count (times world, since DDP averages gradients over workers).
                 global_tokens = cfg.batch_size * seq_len
-                parts = distillation_loss(
-                    logits.float(), labels, teacher_batch, alpha, kd, num_tokens=global_tokens / world
-                )
+                if fused:
+                    # The model runs through DDP's forward up to its final norm (the LM head on one
+                    # position only); the fused loss applies the head chunk by chunk, never holding
+                    # (B, T, V) logits or their gradient.
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        hidden = ddp_model(input_ids=input_ids, output_hidden_states=True,
+                                           logits_to_keep=1).hidden_states[-1]
+                    parts = _fused_loss(hidden, lm_head, labels, teacher_batch, alpha, kd,
+                                        num_tokens=global_tokens / world)
+                else:
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        logits = ddp_model(input_ids=input_ids).logits
+                    if online_capture is not None:
+                        online_capture(step, seq_ids, logits.detach())
+                    parts = distillation_loss(
+                        logits.float(), labels, teacher_batch, alpha, kd, num_tokens=global_tokens / world
+                    )
                 loss = parts.loss
                 if cfg.nonfinite_from_step is not None and step >= cfg.nonfinite_from_step:
                     loss = loss * float("nan")

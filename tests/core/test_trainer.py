@@ -198,3 +198,20 @@ def test_checkpoints_are_data_not_code(data, tmp_path):
     torch.save({"model": {}, "payload": _Payload()}, evil / "state.pt")
     with pytest.raises(Exception, match="Weights only load failed|Unsupported global"):
         load_checkpoint(evil)
+
+
+@pytest.mark.parametrize("kind", ["kld", "tvd"])
+def test_fused_and_reference_loss_paths_train_alike(data, tmp_path, kind):
+    """The trainer's default fused LM head + loss and the reference path (full logits, then
+    distillation_loss) give the same losses step by step, up to float rounding."""
+    rows = {}
+    for fused in (True, False):
+        cfg = TrainConfig(tokens=6 * 8 * data.seq_len, batch_size=8, micro_batch_size=4, log_every_steps=1,
+                          kd=KDConfig(kind=kind), alpha_schedule=AlphaScheduleConfig(alpha=0.5), fused_loss=fused)
+        got, report = _collect()
+        train(cfg, build_model("d32l2", data.vocab_size, data.seq_len, seed=3), data, run_dir=tmp_path / str(fused),
+              teacher=_FakeTeacher(data.vocab_size), report=report, export=False)
+        rows[fused] = got
+    for a, b in zip(rows[True], rows[False]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["kd_loss"] == pytest.approx(b["kd_loss"], rel=1e-4)
+    assert len(rows[True]) == 6

@@ -52,7 +52,7 @@ VALUES: dict[type, dict[str, tuple]] = {
     Truncation: {"top_p": (0.8, {}), "top_k": (50, {})},
     TrainConfig: {
         "tokens": (655_360, {}), "batch_size": (8, {}), "micro_batch_size": (4, {}), "seed": (7, {}),
-        "nonfinite_from_step": (3, {}), "max_nonfinite_steps": (2, {}), "bf16": (False, {}),
+        "nonfinite_from_step": (3, {}), "max_nonfinite_steps": (2, {}), "bf16": (False, {}), "fused_loss": (False, {}),
         "log_every_steps": (3, {}), "checkpoint_every_steps": (11, {}), "checkpoint_every_s": (5.0, {}),
     },
     EvalConfig: {
