@@ -528,13 +528,82 @@ def adaptive_kd_loss(
     student_logprobs: (B, T, V) log_softmax(student_logits) if already computed (wttm and adakd_*
     with student_temperature 1 gather from it).
     """
-    if kd.adaptive not in ADAPTIVE_METHODS:
-        raise ValueError(f"adaptive must be one of {', '.join(ADAPTIVE_METHODS)}; got {kd.adaptive!r}")
-    s_logq = None
-    if kd.adaptive != "normkd":
-        tau_s = 1.0 if kd.adaptive == "wttm" else kd.student_temperature
-        s_logq = _gathered_student(student_logits, teacher.indices, tau_s, student_logprobs)
-    return _adaptive_term(student_logits, teacher, kd, s_logq)
+    method = _adaptive_method(kd.adaptive)
+    tau_s = method.student_temperature(kd)
+    s_logq = None if tau_s is None else _gathered_student(student_logits, teacher.indices, tau_s, student_logprobs)
+    return method.term(student_logits, teacher, kd, s_logq, None)
+
+
+@dataclass(frozen=True)
+class AdaptiveMethod:
+    """A per-position temperature method (adaptive_kd_loss documents each).
+
+    term(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref) -> (B, T): the KD term given the
+    student's log-probs gathered at the kept ids (s_logq; None for a method that builds its own).
+    student_temperature(kd) -> the student temperature s_logq is gathered at, or None.
+    """
+
+    term: Callable[..., torch.Tensor]
+    student_temperature: Callable[[KDConfig], float | None]
+
+
+ADAPTIVE: dict[str, AdaptiveMethod] = {}
+"""The adaptive temperatures by name (core.config.AdaptiveMethod lists the names a study may choose)."""
+
+
+def adaptive(name: str, student_temperature: Callable[[KDConfig], float | None]):
+    """Register a method's term function under ``name`` (see AdaptiveMethod); once per name."""
+
+    def register(fn):
+        if name in ADAPTIVE:
+            raise ValueError(f"adaptive temperature {name!r} is registered twice")
+        ADAPTIVE[name] = AdaptiveMethod(fn, student_temperature)
+        return fn
+
+    return register
+
+
+def _adaptive_method(name: str | None) -> AdaptiveMethod:
+    if name not in ADAPTIVE:
+        raise ValueError(f"adaptive must be one of {', '.join(ADAPTIVE)}; got {name!r}")
+    return ADAPTIVE[name]
+
+
+def _student_temperature(kd: KDConfig) -> float | None:
+    """The student temperature the KD term gathers at (None: the adaptive method builds its own)."""
+    return kd.student_temperature if kd.adaptive is None else _adaptive_method(kd.adaptive).student_temperature(kd)
+
+
+@adaptive("normkd", student_temperature=lambda kd: None)
+def _normkd(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref):
+    tau_t = kd.t_norm * _stat(teacher, "std", "normkd")
+    tau_s = kd.t_norm * student_logits.to(_float_dtype(student_logits)).std(dim=-1)
+    s_logq = _gathered_student(student_logits, teacher.indices, tau_s, None)
+    return tau_t.square() * _sparse_kd(kd.kind, teacher.logprobs, tau_t, kd.normalization, s_logq)
+
+
+@adaptive("wttm", student_temperature=lambda kd: 1.0)
+def _wttm(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref):
+    log_u = _stat(teacher, format_gamma(kd.wttm_gamma), "wttm")
+    if kd.normalization == "renormalize":
+        div = _sparse_kd(kd.kind, teacher.logprobs, 1.0 / kd.wttm_gamma, "renormalize", s_logq)
+    else:
+        lp = teacher.logprobs.to(s_logq.dtype)
+        valid = lp > float("-inf")
+        scaled = (kd.wttm_gamma * lp - log_u.unsqueeze(-1)).masked_fill(~valid, float("-inf"))
+        kept = torch.exp(_masked_logsumexp(scaled, valid)) * valid.any(-1).to(lp.dtype)
+        log_tail = (1.0 - kept).clamp_min(_tail_eps(lp.dtype)).log()
+        buckets = torch.log_softmax(torch.cat([scaled, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
+        div = _divergence(kd.kind, buckets[..., :-1], buckets[..., -1], s_logq, valid)
+    return kd.wttm_beta * log_u.exp() * div
+
+
+@adaptive("adakd_sd", student_temperature=lambda kd: kd.student_temperature)
+@adaptive("adakd_h", student_temperature=lambda kd: kd.student_temperature)
+def _adakd(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref):
+    tau = adakd_temperature(teacher, kd, student_logits.shape[-1], adakd_sd_batch_ref)
+    div = _sparse_kd(kd.kind, teacher.logprobs, tau, kd.normalization, s_logq)
+    return tau.square() * div if kd.scale_by_temperature_sq else div
 
 
 def _adaptive_term(
@@ -544,30 +613,8 @@ def _adaptive_term(
     s_logq: torch.Tensor | None,
     adakd_sd_batch_ref: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """adaptive_kd_loss given the student's gathered log-probs (None for normkd, which makes its own)."""
-
-    if kd.adaptive == "normkd":
-        tau_t = kd.t_norm * _stat(teacher, "std", "normkd")
-        tau_s = kd.t_norm * student_logits.to(_float_dtype(student_logits)).std(dim=-1)
-        s_logq = _gathered_student(student_logits, teacher.indices, tau_s, None)
-        return tau_t.square() * _sparse_kd(kd.kind, teacher.logprobs, tau_t, kd.normalization, s_logq)
-    if kd.adaptive == "wttm":
-        log_u = _stat(teacher, format_gamma(kd.wttm_gamma), "wttm")
-        if kd.normalization == "renormalize":
-            div = _sparse_kd(kd.kind, teacher.logprobs, 1.0 / kd.wttm_gamma, "renormalize", s_logq)
-        else:
-            lp = teacher.logprobs.to(s_logq.dtype)
-            valid = lp > float("-inf")
-            scaled = (kd.wttm_gamma * lp - log_u.unsqueeze(-1)).masked_fill(~valid, float("-inf"))
-            kept = torch.exp(_masked_logsumexp(scaled, valid)) * valid.any(-1).to(lp.dtype)
-            log_tail = (1.0 - kept).clamp_min(_tail_eps(lp.dtype)).log()
-            buckets = torch.log_softmax(torch.cat([scaled, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
-            div = _divergence(kd.kind, buckets[..., :-1], buckets[..., -1], s_logq, valid)
-        return kd.wttm_beta * log_u.exp() * div
-    # adakd_sd, adakd_h
-    tau = adakd_temperature(teacher, kd, student_logits.shape[-1], adakd_sd_batch_ref)
-    div = _sparse_kd(kd.kind, teacher.logprobs, tau, kd.normalization, s_logq)
-    return tau.square() * div if kd.scale_by_temperature_sq else div
+    """adaptive_kd_loss given the student's gathered log-probs (None for a method that makes its own)."""
+    return _adaptive_method(kd.adaptive).term(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref)
 
 
 def kd_loss_from_config(
@@ -628,7 +675,7 @@ def distillation_loss(
     # The student's log-softmax is computed once, fused with one gather of [label, kept ids]
     # (log_softmax_gather): the (B, T, V) log-probs are never materialised. Only a tempered or
     # NormKD student needs a second pass over the vocabulary.
-    shares = use_kd and kd.adaptive != "normkd" and kd.student_temperature == 1.0
+    shares = use_kd and _student_temperature(kd) == 1.0
     index = torch.cat([safe, teacher.indices], dim=-1) if shares else safe
     gathered = log_softmax_gather(student_logits, index)
     keep_f = keep.to(gathered.dtype)
@@ -639,8 +686,8 @@ def distillation_loss(
 
     s_logq = gathered[..., 1:] if shares else None
     if kd.adaptive is not None:
-        if s_logq is None and kd.adaptive != "normkd":
-            s_logq = _gathered_student(student_logits, teacher.indices, kd.student_temperature, None)
+        if s_logq is None and _student_temperature(kd) is not None:
+            s_logq = _gathered_student(student_logits, teacher.indices, _student_temperature(kd), None)
         kd_pos = _adaptive_term(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref)
     else:
         if s_logq is None:

@@ -668,3 +668,11 @@ def test_a_new_divergence_is_one_registered_function(monkeypatch):
     q_all = torch.cat([q_kept, (1 - q_kept.sum(-1, keepdim=True))], -1)
     want = 0.5 * ((p_all.sqrt() - q_all.sqrt()) ** 2).sum(-1)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_every_declared_adaptive_method_is_registered():
+    from core.config import ADAPTIVE_METHODS
+
+    assert sorted(losses_module.ADAPTIVE) == sorted(ADAPTIVE_METHODS)
+    with pytest.raises(ValueError, match="registered twice"):
+        losses_module.adaptive("wttm", student_temperature=lambda kd: 1.0)(lambda *a: None)
