@@ -228,6 +228,18 @@ def _validate_run(study: Study, run_dict: Mapping, prefix: str) -> list[Problem]
     return [(_join(prefix, p), m) for p, m in rel] + absolute
 
 
+def _varied_key_problem(study: Study, key: str, values: list) -> tuple[str | None, bool]:
+    """(the problem of a key a sweep or the grid varies, whether its runs cannot be checked)."""
+    problem = check_run_path(key)
+    if problem:
+        return problem, True
+    if not values:
+        return "must list at least one value", True
+    if key == "seed" and study.seeds is not None:
+        return "cannot vary seed when seeds: is set", False
+    return None, False
+
+
 def _study_problems(study: Study) -> list[Problem]:
     out: list[Problem] = []
     if not _NAME_RE.match(study.name) or len(study.name) > 200:
@@ -248,7 +260,7 @@ def _study_problems(study: Study) -> list[Problem]:
             out.append((f"{where}.size", problem))
         out += [(f"{where}.{p}", m) for p, m in _training_problems(teacher, study.data.seq_len)]
     out += _core_problems(study.data, "data") + _core_problems(study.logits, "logits") \
-        + _core_problems(study.eval, "eval")
+        + _core_problems(study.eval, "eval") + _resource_problems(study)
     if study.seeds is not None:
         if not study.seeds:
             out.append(("seeds", "must list at least one seed (or be removed)"))
@@ -269,15 +281,10 @@ def _study_problems(study: Study) -> list[Problem]:
         lengths = {len(v) for v in sweep.values()}
         bad_keys = False
         for key, values in sweep.items():
-            problem = check_run_path(key)
+            problem, fatal = _varied_key_problem(study, key, values)
             if problem:
                 out.append((f"{where}.{key}", problem))
-                bad_keys = True
-            elif not values:
-                out.append((f"{where}.{key}", "must list at least one value"))
-                bad_keys = True
-            elif key == "seed" and study.seeds is not None:
-                out.append((f"{where}.seed", "cannot vary seed when seeds: is set"))
+                bad_keys = bad_keys or fatal
         if len(lengths) > 1:
             counts = ", ".join(f"{k} has {len(v)}" for k, v in sweep.items())
             out.append((where, f"fields varied together need as many values each ({counts}); "
@@ -291,15 +298,10 @@ def _study_problems(study: Study) -> list[Problem]:
 
     grid_ok = True
     for key, values in study.grid.items():
-        problem = check_run_path(key)
+        problem, fatal = _varied_key_problem(study, key, values)
         if problem:
             out.append((f"grid.{key}", problem))
-            grid_ok = False
-        elif not values:
-            out.append((f"grid.{key}", "must list at least one value"))
-            grid_ok = False
-        elif key == "seed" and study.seeds is not None:
-            out.append(("grid.seed", "cannot vary seed when seeds: is set"))
+            grid_ok = grid_ok and not fatal
         elif base_ok:
             for value in values:
                 problems = _validate_run(study, apply_to_run(base, [(key, value)]), "grid")
@@ -314,6 +316,22 @@ def _study_problems(study: Study) -> list[Problem]:
     return out
 
 
+
+
+def _resource_problems(study: Study) -> list[Problem]:
+    """A worker trains on one device: more than one GPU per worker would sit idle, and NCCL
+    cannot put two ranks of one trial on one GPU."""
+    res, out = study.resources, []
+    if res.gpus_per_trial > 1:
+        out.append(("resources.gpus_per_trial", f"must be at most 1: each worker trains on one GPU; use "
+                                                f"workers_per_trial for more GPUs per trial (got {fmt(res.gpus_per_trial)})"))
+    elif 0 < res.gpus_per_trial < 1 and res.workers_per_trial > 1:
+        out.append(("resources.gpus_per_trial", f"must be 1 with several workers (NCCL needs a GPU per worker), "
+                                                f"got {fmt(res.gpus_per_trial)} with workers_per_trial "
+                                                f"{res.workers_per_trial}"))
+    if res.gpu_memory_gb is not None and res.gpus_per_trial == 0:
+        out.append(("resources.gpu_memory_gb", "applies to GPU trials only: set gpus_per_trial, or remove it"))
+    return out
 
 
 def check(data: Mapping, cls: type[Study] = Study) -> Study:
