@@ -15,6 +15,8 @@ bulk-inserted into a database made by results.init_db (every migration), through
 
 Each command runs in a fresh subprocess (cold imports, as a user runs it); time is wall-clock,
 peak memory the child's maximum resident set (getrusage RUSAGE_CHILDREN of a one-child wrapper).
+On the large database it also times load_results of the sweep study (240 runs, curves thinned in
+SQL) and `pdspace export` of it (every row of ~10^7 to Parquet, streamed).
 Floors (issue 16): status and results <= 1.5 s; report at 10^7 rows within 1.5x its time at 3k
 rows and <= 1 GB.
 """
@@ -188,7 +190,7 @@ def sweep(b: Builder, rows: int) -> None:
     sid = b.study("sweep")
     runs = 240
     left = max(rows - b.metric_rows - len(b.buffer), 0)
-    steps = max(left // (runs * (len(TRAINING) + 0.1)), 10)
+    steps = max(math.ceil(left / (runs * len(TRAINING))), 10)
     for i in range(runs):
         student = list(SIZES)[i % 3]
         kind = "student" if i % 2 else "baseline"
@@ -262,6 +264,8 @@ def main() -> None:
             report["commands"]["large"]["load_results_sweep"] = measure(
                 [sys.executable, "-c", f"from results import load_results; "
                                        f"print(len(load_results('sqlite:///{big}', 'sweep').metrics))"], env)
+            report["commands"]["large"]["export_sweep"] = measure(
+                [sys.executable, "-m", "cli", "--db", str(big), "export", "sweep", "--out", str(work / "export")], env)
         small, large = report["commands"]["small"], report["commands"]["large"]
         report["floors"] = {
             "status_le_1.5s": large["status"]["s"] <= 1.5,

@@ -23,6 +23,7 @@ EXAMPLES = textwrap.dedent(
       pdspace run studies/quickstart.yaml --set base.tokens=250000 --max-concurrent 2
       pdspace status quickstart                      runs and their state
       pdspace results quickstart --format csv > quickstart.csv
+      pdspace export quickstart --out quickstart/    every row as Parquet (pandas, Polars, DuckDB)
       pdspace query "SELECT trial_id, status FROM study_runs JOIN runs ON runs.id = run_id"
       pdspace fit quickstart --law power
       pdspace figures quickstart --out figures/
@@ -183,6 +184,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from results.export import export_study
+
+    for path, rows in export_study(_db(args, must_exist=True), args.study, args.out).values():
+        print(f"wrote {path} ({rows:,} rows)")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -304,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study")
     p.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
     p.add_argument("--out", help="output file (parquet)")
+    p = verb("export", cmd_export, "a study's runs, metrics, evals and kept_stats as Parquet files (streamed)")
+    p.add_argument("study")
+    p.add_argument("--out", required=True, help="output folder (runs.parquet, metrics.parquet, ...)")
     p = verb("query", cmd_query, "read-only SQL on the results database")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")
