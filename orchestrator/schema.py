@@ -347,9 +347,14 @@ class ResourcesConfig(_Section):
     cpus_per_trial: _pyd(PosFloat) = 1
     """CPUs per worker of a trial."""
     gpus_per_trial: _pyd(_NonNegFloat) = 0
-    """GPUs per worker of a trial."""
+    """GPUs per worker of a trial: 1 on GPU clusters (each DDP worker trains on one GPU, over NCCL);
+    a fraction lets one-worker trials of small models share a GPU; 0 trains on CPUs (gloo)."""
     workers_per_trial: _pyd(PosInt) = 1
-    """Data-parallel workers per trial (DDP)."""
+    """Data-parallel workers per trial (DDP through Ray Train); a trial uses workers × gpus_per_trial GPUs."""
+    gpu_memory_gb: _pyd(PosFloat) | None = None
+    """Memory of one GPU in GB (10^9 bytes; e.g. 80 for an H100 80GB, 141 for an H200): `pdspace plan`
+    and `pdspace run` refuse a study whose estimated peak memory per GPU (core.memory) is larger.
+    None: unknown, nothing is checked."""
     max_concurrent: _pyd(PosInt) | None = None
     """Trials at once; None: as many as resources allow."""
     max_retries: _pyd(NonNegInt) = 1
