@@ -218,6 +218,8 @@ def train(
     lm_head = model.get_output_embeddings().weight
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # NCCL's collectives (all_reduce, barrier) use the current device
     model.to(device)
     model.train()
     decay, no_decay = [], []
@@ -330,7 +332,10 @@ def train(
                 dtype=torch.float64,
             )
         if world > 1:
-            dist.all_reduce(sums)
+            # NCCL reduces device tensors only (gloo takes both): the sums travel on the run's device.
+            reduced = sums.to(device)
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             model.parameters(), cfg.optimizer.grad_clip if cfg.optimizer.grad_clip else float("inf")
         )
