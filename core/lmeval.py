@@ -44,6 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from core.config import EvalConfig
 from core.utils import atomic_write_text, canonical_json, stable_hash
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ class BuiltinTasks:
 # ---------------------------------------------------------------------------------- generation
 
 
-def build_builtin_tasks(data, out_dir, seed: int = 0, num_examples: int = 500) -> BuiltinTasks:
+def build_builtin_tasks(data, out_dir, seed: int = EvalConfig.task_seed,
+                        num_examples: int = EvalConfig.task_examples) -> BuiltinTasks:
     """Generate (or find) the built-in tasks for a corpus's held-out documents.
 
     data:    anything with ``.validation_texts() -> list[str]`` (a ``PackedData``).
@@ -435,7 +437,7 @@ def run_lm_eval(
     include_path=None,
     device: str = "cpu",
     limit: int | float | None = None,
-    batch_size: int = 32,
+    batch_size: int = EvalConfig.batch_size,
     *,
     max_length: int | None = None,
     num_fewshot: int | None = None,
