@@ -24,6 +24,7 @@ EXAMPLES = textwrap.dedent(
       pdspace status quickstart                      runs and their state
       pdspace results quickstart --format csv > quickstart.csv
       pdspace export quickstart --out quickstart/    every row as Parquet (pandas, Polars, DuckDB)
+      pdspace gc                                     what artifacts no study needs (--yes removes them)
       pdspace query "SELECT trial_id, status FROM study_runs JOIN runs ON runs.id = run_id"
       pdspace fit quickstart --law power
       pdspace figures quickstart --out figures/
@@ -192,6 +193,26 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    from orchestrator.artifacts import collect_garbage, format_bytes, remove_garbage
+
+    artifacts = _artifacts()
+    garbage = collect_garbage(_db(args, must_exist=True), artifacts)
+    if not garbage:
+        print(f"nothing to remove under {artifacts}: every artifact there is still needed")
+        return 0
+    for g in garbage:
+        print(f"{format_bytes(g.num_bytes):>9}  {g.path}  ({g.why})")
+    total = sum(g.num_bytes for g in garbage)
+    if not args.yes:
+        print(f"{len(garbage)} artifact(s), {format_bytes(total)}; nothing removed (dry run): "
+              "`pdspace gc --yes` removes them")
+        return 0
+    freed = remove_garbage(garbage, artifacts)
+    print(f"removed {len(garbage)} artifact(s), freed {format_bytes(freed)}")
+    return 0
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -316,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("export", cmd_export, "a study's runs, metrics, evals and kept_stats as Parquet files (streamed)")
     p.add_argument("study")
     p.add_argument("--out", required=True, help="output folder (runs.parquet, metrics.parquet, ...)")
+    p = verb("gc", cmd_gc, "list (and with --yes remove) artifacts no study needs, and logits stores "
+                           "whose students are all done")
+    p.add_argument("--yes", action="store_true", help="remove them (default: a dry run that only lists them)")
     p = verb("query", cmd_query, "read-only SQL on the results database")
     p.add_argument("sql")
     p.add_argument("--format", choices=("table", "csv", "json"), default="table")

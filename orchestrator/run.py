@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import results
+from orchestrator.artifacts import heal
 from orchestrator.plan import Plan, Unit, build_plan, check_regions
 
 
@@ -113,6 +114,8 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
             for u in plan.units:
                 merged.setdefault(u.config_hash, u)
         todo = [u for u in merged.values() if status.get(u.config_hash) != "completed"]
+        # a completed unit is reused only if its artifact is still there and whole
+        todo = heal(merged, status, todo, Path(artifacts), say=lambda line: print(line, flush=True))
         errors: dict[str, str | None] = {}
         if todo:
             resumed = [u for u in todo if status.get(u.config_hash) in ("running", "failed", "pending")

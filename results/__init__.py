@@ -9,7 +9,8 @@ Modules (none imports torch, ray, core, orchestrator or analysis):
     write     register_study, run_id_for, start_run, finish_run, record_metrics, record_evals,
               record_artifact, record_kept_stats, import_external
     read      load_results -> Results (tidy frames), final_losses, list_studies, unit_statuses,
-              unit_progress, status_rows, final_run_metrics, results_frame, export_artifact, query
+              unit_progress, status_rows, final_run_metrics, results_frame, export_artifact, query,
+              artifact_inventory (what `pdspace gc` needs)
     pairs     attach_baseline: every run paired with its LM-only baseline
     series    metric_rows: evaluation rows in full, training curves thinned in SQL (TRAINING_METRICS)
     sqltext   one_statement: the single-statement check in front of `pdspace query`
@@ -18,7 +19,8 @@ Modules (none imports torch, ray, core, orchestrator or analysis):
 from results.engine import (DEFAULT_DB, database_exists, engine_for, ensure_schema, init_db, make_engine,
                             resolve_db_url, session_scope)
 from results.pairs import attach_baseline
-from results.read import (EVAL_COLUMNS, KEPT_COLUMNS, METRIC_COLUMNS, RUN_COLUMNS, Results, export_artifact,
+from results.read import (EVAL_COLUMNS, KEPT_COLUMNS, METRIC_COLUMNS, RUN_COLUMNS, Results, artifact_inventory,
+                          export_artifact,
                           final_losses, final_run_metrics, flatten_config, list_studies, load_results, query,
                           results_frame, status_rows, unit_progress, unit_statuses)
 from results.write import (ImportedRun, TrialRecord, UnitRecord, finish_run, import_external, record_artifact,
@@ -26,7 +28,7 @@ from results.write import (ImportedRun, TrialRecord, UnitRecord, finish_run, imp
 
 __all__ = [
     "DEFAULT_DB", "database_exists", "engine_for", "ensure_schema", "init_db", "make_engine", "resolve_db_url",
-    "session_scope", "attach_baseline", "EVAL_COLUMNS", "KEPT_COLUMNS", "METRIC_COLUMNS", "RUN_COLUMNS", "Results",
+    "session_scope", "attach_baseline", "artifact_inventory", "EVAL_COLUMNS", "KEPT_COLUMNS", "METRIC_COLUMNS", "RUN_COLUMNS", "Results",
     "export_artifact", "final_losses", "final_run_metrics", "flatten_config", "list_studies", "load_results",
     "query", "results_frame", "status_rows", "unit_progress", "unit_statuses", "ImportedRun", "TrialRecord",
     "UnitRecord", "finish_run", "import_external", "record_artifact", "record_evals", "record_kept_stats",

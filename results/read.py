@@ -26,6 +26,7 @@ from results.series import DEFAULT_CURVE_POINTS, metric_rows
 from results.sqltext import one_statement
 
 __all__ = ["Results", "load_results", "final_losses", "flatten_config", "list_studies", "unit_statuses",
+           "artifact_inventory",
            "unit_progress", "status_rows", "final_run_metrics", "results_frame", "export_artifact", "query",
            "RUN_COLUMNS", "METRIC_COLUMNS", "EVAL_COLUMNS", "KEPT_COLUMNS"]
 
@@ -285,6 +286,26 @@ def export_artifact(db_url: str, study: str) -> tuple[str, str] | None:
     with reading(db_url) as conn:
         row = conn.execute(q).first()
     return None if row is None else (row[0], row[1])
+
+
+def artifact_inventory(db_url: str) -> list[dict[str, Any]]:
+    """Every run of the database, for deciding which artifacts are still needed (`pdspace gc`):
+    dicts with config_hash, kind, status, in_study (some study uses it), logits_hash (the logits
+    run it reads, from its config; None when none), and paths (its artifact_dir and recorded
+    artifact paths)."""
+    check_exists(db_url)
+    with reading(db_url) as conn:
+        linked = set(conn.execute(select(StudyRun.run_id).distinct()).scalars())
+        paths: dict[int, list[str]] = {}
+        for run_id, path in conn.execute(select(Artifact.run_id, Artifact.path)):
+            paths.setdefault(run_id, []).append(path)
+        out = []
+        for r in conn.execute(select(Run.id, Run.config_hash, Run.kind, Run.status, Run.artifact_dir, Run.config)):
+            config = json.loads(r.config) if isinstance(r.config, str) else (r.config or {})
+            out.append({"config_hash": r.config_hash, "kind": r.kind, "status": r.status, "in_study": r.id in linked,
+                        "logits_hash": config.get("logits_hash") if isinstance(config, dict) else None,
+                        "paths": [p for p in [r.artifact_dir, *paths.get(r.id, [])] if p]})
+    return out
 
 
 def query(db_url: str, sql: str) -> pd.DataFrame:

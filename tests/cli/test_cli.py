@@ -70,7 +70,7 @@ def test_the_cli_verbs_are_pinned():
     parser = build_parser()
     verbs = parser._subparsers._group_actions[0].choices  # noqa: SLF001
     assert sorted(verbs) == sorted(["validate", "plan", "run", "status", "results", "query", "fit",
-                                    "figures", "report", "import", "export"])
+                                    "figures", "report", "import", "export", "gc"])
 
 
 @pytest.mark.slow
