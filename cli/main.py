@@ -84,7 +84,7 @@ def check_study_tasks(study: Any) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from orchestrator.plan import build_plan, check_regions, format_plan
+    from orchestrator.plan import build_plan, check_memory, check_regions, format_plan
     from orchestrator.study import load_study
     from results import database_exists
 
@@ -93,6 +93,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         plan = build_plan(load_study(f, overrides=args.set), artifacts=_artifacts())
         checked = check_regions(plan, _artifacts())
         print(format_plan(plan, db_url=db_url if database_exists(db_url) else None))
+        check_memory(plan)  # after the table, so the refusal's numbers can be read against it
         if not checked and any(u.kind == "teacher" for u in plan.units):
             print("data not prepared yet: `pdspace run` checks that no student reads the scratch "
                   "teacher's half of it before any training")

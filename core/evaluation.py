@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from core.config import EvalConfig
+from core.memory import EVAL_LOGITS_BYTES
+from core.models import inference_autocast
 from core.types import SparseTeacherBatch, TeacherSignal
 
 
@@ -36,10 +39,11 @@ def heldout_metrics(
     data,
     *,
     teacher: TeacherSignal | None = None,
-    max_sequences: int = 64,
-    batch_size: int = 16,
+    max_sequences: int = EvalConfig.heldout_sequences,
+    batch_size: int = EvalConfig.batch_size,
     device: str | torch.device = "cpu",
     split: str = VAL_SPLIT,
+    max_logits_bytes: int = EVAL_LOGITS_BYTES,
 ) -> dict[str, float]:
     """Held-out loss (and teacher agreement) of a causal LM on the first sequences of a split.
 
@@ -50,6 +54,9 @@ def heldout_metrics(
     Returns ``{"val_loss"}`` and, with a teacher, ``{"teacher_kl", "top1_agreement"}``; every value
     is a mean over all evaluated target positions (each position counts once, whatever the batch).
     The model is put in eval mode for the call and its previous mode is restored.
+    A forward pass holds at most ``max_logits_bytes`` of fp32 logits (but at least one sequence):
+    16 sequences of 4096 x 151,552 would be 40 GB. On CUDA an fp32 model runs under bf16 autocast
+    (core.models.inference_autocast); the loss is computed in fp32.
     """
     if max_sequences < 1 or batch_size < 1:
         raise ValueError(
@@ -68,23 +75,32 @@ def heldout_metrics(
     kl_sum = torch.zeros((), dtype=torch.float64, device=device)
     agree_sum = torch.zeros((), dtype=torch.float64, device=device)
     num_tokens = 0
+    vocab_size = _vocab_rows(model)
     try:
         chosen = evaluation_ids(available, num_sequences)
         for start in range(0, num_sequences, batch_size):
-            ids = chosen[start : start + batch_size]
-            tokens = torch.as_tensor(data.sequences(split, ids), dtype=torch.long, device=device)
-            inputs, labels = tokens[:, :-1], tokens[:, 1:]
-            logits = model(input_ids=inputs).logits.float()  # (B, T, V)
-            # log p_S(v) = logits_v - logZ; no (B, T, V) log-softmax copy is materialised.
-            log_z = torch.logsumexp(logits, dim=-1)  # (B, T)
-            nll_sum += (log_z - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).sum().double()
-            num_tokens += labels.numel()
-            if teacher is not None:
-                batch = teacher(ids, ids, inputs).to(device)
-                kl, agree = _teacher_agreement(logits, log_z, batch)
-                kl_sum += kl.double()
-                agree_sum += agree.double()
-            del logits
+            batch_ids = chosen[start : start + batch_size]
+            batch_tokens = torch.as_tensor(data.sequences(split, batch_ids), dtype=torch.long, device=device)
+            rows = len(batch_ids)
+            if vocab_size:  # sequences per forward within the logits budget
+                per_sequence = (batch_tokens.shape[1] - 1) * vocab_size * 4
+                rows = max(1, min(rows, max_logits_bytes // per_sequence))
+            for first in range(0, len(batch_ids), rows):
+                ids, tokens = batch_ids[first : first + rows], batch_tokens[first : first + rows]
+                inputs, labels = tokens[:, :-1], tokens[:, 1:]
+                with inference_autocast(model, device):
+                    logits = model(input_ids=inputs).logits
+                logits = logits.float()  # (B, T, V)
+                # log p_S(v) = logits_v - logZ; no (B, T, V) log-softmax copy is materialised.
+                log_z = torch.logsumexp(logits, dim=-1)  # (B, T)
+                nll_sum += (log_z - logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)).sum().double()
+                num_tokens += labels.numel()
+                if teacher is not None:
+                    batch = teacher(ids, ids, inputs).to(device)
+                    kl, agree = _teacher_agreement(logits, log_z, batch)
+                    kl_sum += kl.double()
+                    agree_sum += agree.double()
+                del logits
     finally:
         model.train(was_training)
 
@@ -93,6 +109,14 @@ def heldout_metrics(
         out["teacher_kl"] = float(kl_sum) / num_tokens
         out["top1_agreement"] = float(agree_sum) / num_tokens
     return out
+
+
+def _vocab_rows(model: torch.nn.Module) -> int | None:
+    """Rows of the model's output layer (its logits per position), when it says."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def _teacher_agreement(

@@ -4,7 +4,6 @@ teacher's forward passes (torch and numpy release the GIL in their kernels).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import queue
@@ -134,10 +133,10 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def _autocast(device: torch.device, model: torch.nn.Module):
-    """bf16 autocast for a float32 model on CUDA; nothing elsewhere."""
-    if device.type == "cuda" and next(model.parameters()).dtype == torch.float32:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast for a float32 model on CUDA; nothing elsewhere (core.models.inference_autocast)."""
+    from core.models import inference_autocast
+
+    return inference_autocast(model, device)
 
 
 def _forward(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,20 @@ def build_model(
         return LlamaForCausalLM(config)
 
 
+def inference_autocast(model: torch.nn.Module, device: str | torch.device | None = None):
+    """bf16 autocast for a forward of an fp32 model on CUDA (teachers, extraction, evaluation);
+    nothing on CPU or for a model already in bf16/fp16. The caller computes losses in fp32."""
+    import contextlib
+
+    param = next(model.parameters(), None)
+    if param is None:
+        return contextlib.nullcontext()
+    device = torch.device(device) if device is not None else param.device
+    if device.type == "cuda" and param.dtype == torch.float32:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -123,5 +137,5 @@ def check_vocab_compatible(model_vocab: int, num_tokens: int, *, model: str = "t
 
 __all__ = [
     "ModelSize", "MODEL_SIZES", "ParamCounts", "get_size", "param_counts", "llama_config",
-    "build_model", "load_pretrained", "check_vocab_compatible", "model_vocab_size",
+    "build_model", "load_pretrained", "check_vocab_compatible", "model_vocab_size", "inference_autocast",
 ]

@@ -9,11 +9,15 @@ an online window sees the teacher's sequences, as in the paper.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.config import LogitsStoreConfig
+from core.memory import (GB, MemoryEstimate, TeacherFootprint, inference_memory, pretrained_teacher, scratch_teacher,
+                         training_memory)
 from core.sizes import get_size, param_counts
 from core.utils import DATA_FORMAT_VERSION
 from orchestrator.identity import logits_unit_hash, unit_hash
@@ -75,6 +79,56 @@ def _estimate(size: str, vocab_size: int, seq_len: int, tokens: int, gpus: float
             "seconds": seconds, "gpu_hours": seconds * gpus * workers / 3600 if gpus else 0.0}
 
 
+@functools.lru_cache(maxsize=None)
+def _pretrained_config(name: str) -> dict | None:
+    """A pretrained model's config.json from its local directory or the Hugging Face cache (never
+    the network); None when neither has it."""
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(name, "config.json")
+        except Exception:  # noqa: BLE001 - not a hub id, no hub client: unknown
+            found = None
+        if not isinstance(found, str):
+            return None
+        path = Path(found)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _teacher_footprint(name: str, spec: dict, vocab_size: int) -> TeacherFootprint | None:
+    """What teacher ``name`` occupies on a device; None for a pretrained one whose config.json is
+    not on this machine."""
+    if spec.get("origin") == "scratch":
+        return scratch_teacher(name, spec["size"], vocab_size)
+    config = _pretrained_config(spec["pretrained"])
+    return pretrained_teacher(name, config) if config else None
+
+
+def _memory(est: MemoryEstimate) -> dict[str, Any]:
+    return {"memory_bytes": est.peak_bytes, "memory_parts": est.parts, "memory_phase": est.phase}
+
+
+def _training_memory(cfg: dict, size: str, vocab_size: int, seq_len: int, resources: dict, *,
+                     teacher: TeacherFootprint | None, capture: bool = False) -> dict[str, Any]:
+    """core.memory.training_memory of a teacher, student or baseline unit, on one of its workers."""
+    on_gpu = resources["gpus"] > 0
+    workers = int(resources["workers"])
+    bf16 = on_gpu if cfg.get("bf16") is None else bool(cfg["bf16"])
+    fused = (cfg.get("execution") or {}).get("fused_loss", True) and not capture
+    share = max(1, cfg["batch_size"] // workers)  # the trainer's per-worker batch and micro-batch
+    micro = min(cfg.get("micro_batch_size") or share, share)
+    ev = cfg.get("eval") or {}
+    est = training_memory(size, vocab_size, seq_len, micro, workers=workers, bf16=bf16, on_gpu=on_gpu, fused=fused,
+                          eval_batch_size=ev.get("batch_size", 16), heldout_sequences=ev.get("heldout_sequences", 64),
+                          teacher=teacher, teacher_top_k=(cfg.get("logits") or {}).get("top_k") or 100)
+    return _memory(est)
+
+
 def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
     """Expand ``study`` (orchestrator.study.Study) into units in dependency order."""
     res = study.resources
@@ -95,9 +149,12 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
             continue
         est = _estimate(spec.config["size"], vocab, seq_len, spec.config["tokens"], resources["gpus"],
                         resources["workers"])
+        est.update(_training_memory(spec.config, spec.config["size"], vocab, seq_len, resources, teacher=None,
+                                    capture=spec.config["online"]["capture"]))
         u = Unit(kind="teacher", trial_id=f"teacher:{name}", config=spec.config, config_hash=spec.config_hash,
                  deps=(data_unit.config_hash,), resources=resources, estimate=est)
         teacher_units[name] = u
+    footprints = {name: _teacher_footprint(name, spec.config, vocab) for name, spec in teachers.items()}
     logits_units: dict[str, Unit] = {}
     for name in teachers:
         if not any(t.config["teacher"] == name and (t.config["logits"] or {}).get("source") == "offline"
@@ -110,6 +167,11 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
         if tspec.get("size"):
             est = _estimate(tspec["size"], vocab, seq_len, spec.config["num_tokens"] or 0,
                             resources["gpus"], 1, forward_only=True)
+        footprint = footprints[name]
+        if footprint is not None:
+            batch = (spec.config.get("execution") or {}).get("batch_size", LogitsStoreConfig.batch_size)
+            est.update(_memory(inference_memory(footprint, vocab, seq_len, batch, size=tspec.get("size"),
+                                                on_gpu=resources["gpus"] > 0)))
         kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
         est["store_bytes"] = (spec.config["num_tokens"] or 0) * kept * LOGITS_STORE_BYTES_PER_ENTRY
         logits_hash = logits_unit_hash(spec.config_hash, spec.config["num_tokens"])
@@ -137,6 +199,12 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
         est = _estimate(cfg["student"], vocab, seq_len, cfg["tokens"], resources["gpus"], resources["workers"])
         cfg.update(num_params=est["num_params"], num_non_embedding_params=est["num_non_embedding_params"],
                    flops_per_token=est["flops_per_token"])
+        # A KD student holds its teacher on its own device for the held-out evaluation.
+        footprint = footprints.get(teacher) if teacher else None
+        est.update(_training_memory(cfg, cfg["student"], vocab, seq_len, resources, teacher=footprint))
+        if teacher and footprint is None:
+            est["memory_note"] = (f"teacher {teacher}'s weights are not counted: the config.json of "
+                                  f"{teachers[teacher].config.get('pretrained')!r} is not on this machine")
         u = Unit(kind=t.role, trial_id=t.trial_id, config=cfg, config_hash=t.config_hash, deps=tuple(deps),
                  resources=resources, factor=t.factor, value=t.value, estimate=est)
         seen[t.config_hash] = u
@@ -235,7 +303,8 @@ def format_plan(plan: Plan, db_url: str | None = None) -> str:
     status = existing_status(db_url, plan)
     gpu = plan.units[0] is not None and any(u.resources["gpus"] for u in plan.units)
     lines = [f"study {plan.study.name}: {len(plan.units)} units ({len(plan.aliases)} trial ids share a unit)"]
-    header = f"{'unit':<44} {'kind':<8} {'model':<7} {'params':>8} {'tokens':>8} {'FLOPs':>8} {'est.':>9}  state"
+    header = (f"{'unit':<44} {'kind':<8} {'model':<7} {'params':>8} {'tokens':>8} {'FLOPs':>8} {'est.':>9} "
+              f"{'mem/dev':>9}  state")
     lines += [header, "-" * len(header)]
     total_s = total_flops = gpu_hours = store = 0.0
     for u in plan.units:
@@ -253,7 +322,7 @@ def format_plan(plan: Plan, db_url: str | None = None) -> str:
             f"{_human(e['num_params']) if 'num_params' in e else '-':>8} "
             f"{_human(e['tokens']) if e.get('tokens') else '-':>8} "
             f"{_human(e['flops']) if e.get('flops') else '-':>8} "
-            f"{_duration(e['seconds']) if e.get('seconds') else '-':>9}  {state}"
+            f"{_duration(e['seconds']) if e.get('seconds') else '-':>9} {_memory_cell(e):>9}  {state}"
         )
     lines.append("-" * len(header))
     lines.append(f"total FLOPs {_human(total_flops)}; logits store on disk ~{_human(store, 'B')}")
@@ -264,4 +333,55 @@ def format_plan(plan: Plan, db_url: str | None = None) -> str:
         slots = plan.study.resources.max_concurrent or 2
         lines.append(f"to run: ~{_duration(total_s)} of single-core compute (at {CPU_FLOPS_PER_S:.0e} FLOP/s "
                      f"per trial), ~{_duration(total_s / slots)} with {slots} trials at once, plus start-up")
+    lines += _memory_lines(plan)
     return "\n".join(lines)
+
+
+def _memory_cell(e: dict) -> str:
+    if "memory_bytes" not in e:
+        return "-"
+    return f"{e['memory_bytes'] / GB:.1f}GB" + ("+?" if e.get("memory_note") else "")
+
+
+def _memory_text(u: Unit) -> str:
+    e = u.estimate
+    return MemoryEstimate(e["memory_bytes"], e["memory_parts"], e["memory_phase"]).describe()
+
+
+def _memory_lines(plan: Plan) -> list[str]:
+    """What `pdspace plan` says under the table about memory per device (core.memory)."""
+    sized = [u for u in plan.units if "memory_bytes" in u.estimate]
+    if not sized:
+        return []
+    where = "GPU" if any(u.resources["gpus"] for u in sized) else "worker (host memory)"
+    largest = max(sized, key=lambda u: u.estimate["memory_bytes"])
+    lines = [f"peak memory per {where} (core.memory), largest {largest.trial_id}: {_memory_text(largest)}"]
+    declared = plan.study.resources.gpu_memory_gb
+    if declared is not None:
+        over = [u for u in sized if u.estimate["memory_bytes"] > declared * GB]
+        lines.append(f"resources.gpu_memory_gb = {declared:g}: " + (
+            "every unit fits" if not over else f"{len(over)} unit(s) do not fit"))
+    for note in dict.fromkeys(u.estimate["memory_note"] for u in sized if u.estimate.get("memory_note")):
+        lines.append(f"+? {note}")
+    return lines
+
+
+def check_memory(plan: Plan) -> None:
+    """Refuse (StudyError, exit 2 on the CLI) a plan with a unit whose estimated peak memory per
+    device (core.memory) is larger than the declared ``resources.gpu_memory_gb``; nothing is
+    checked when the study declares none."""
+    declared = plan.study.resources.gpu_memory_gb
+    if declared is None:
+        return
+    from orchestrator.errors import StudyError
+
+    advice = {"logits": "lower logits.batch_size (the teacher's logits) or use devices with more memory"}
+    training = ("lower micro_batch_size (activations) or eval.batch_size, train a smaller model, or use devices "
+                "with more memory (every worker holds the whole model and its optimizer state: there is no sharding)")
+    problems = [
+        (f"{plan.study.name}: {u.trial_id}",
+         f"needs ~{_memory_text(u)} per GPU, more than resources.gpu_memory_gb = {declared:g} GB; "
+         f"{advice.get(u.kind, training)}")
+        for u in plan.units if u.estimate.get("memory_bytes", 0) > declared * GB]
+    if problems:
+        raise StudyError(problems)

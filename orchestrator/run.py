@@ -106,6 +106,10 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
     t0 = time.time()
     results.init_db(db_url)
     plans = [build_plan(s, artifacts) for s in studies]
+    from orchestrator.plan import check_memory
+
+    for plan in plans:  # a unit that cannot fit its declared GPU memory fails the run before any work
+        check_memory(plan)
     with _runner_lock(Path(artifacts)):
         status: dict[str, str] = {}
         merged: dict[str, Unit] = {}
