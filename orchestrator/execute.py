@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -86,6 +88,84 @@ def _kill_orphans(temp_dir: str) -> None:
 def stop_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+# --------------------------------------------------------------------------------------------
+# A cluster's nodes must share the artifacts home: every unit reads what others wrote there.
+
+def read_probe(path: str, token: str) -> str | None:
+    """The per-node check: None when ``path`` holds ``token`` (this node sees the file the driver
+    wrote), else why not, as a phrase."""
+    try:
+        found = Path(path).read_text()
+    except FileNotFoundError:
+        return "the file is not there"
+    except OSError as exc:
+        return f"the file cannot be read ({exc.strerror or exc})"
+    return None if found == token else "another file is there (a different filesystem mounted at that path)"
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _probe(path: str, token: str) -> str | None:
+    return read_probe(path, token)
+
+
+def nodes_not_seeing(path: str | os.PathLike, token: str, *, timeout_s: float = 120.0) -> list[tuple[str, str]]:
+    """(node, why) for every alive Ray node on which a task cannot read ``token`` at ``path``.
+
+    One zero-CPU task per node, pinned to it (NodeAffinitySchedulingStrategy, not soft), so a
+    busy cluster still runs the check. Ray must be initialised."""
+    from ray.exceptions import GetTimeoutError
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    refs = {}
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        name = node.get("NodeManagerHostname") or "?"
+        label = f"{name} ({node.get('NodeManagerAddress')}, node id {node['NodeID'][:12]})"
+        pin = NodeAffinitySchedulingStrategy(node_id=node["NodeID"], soft=False)
+        refs[label] = _probe.options(scheduling_strategy=pin).remote(str(path), token)
+    missing = []
+    for label, ref in refs.items():
+        try:
+            why = ray.get(ref, timeout=timeout_s)
+        except GetTimeoutError:
+            why = f"its check did not finish within {timeout_s:.0f} s"
+        except Exception as exc:  # noqa: BLE001 - e.g. pdspace is not installed on that node
+            why = f"its check failed ({_one_sentence(exc)})"
+        if why:
+            missing.append((label, why))
+    return missing
+
+
+def check_shared_artifacts(address: str | None, artifacts: Path) -> None:
+    """Join the cluster at ``address`` and refuse it (ValueError: exit 2 on the CLI, nothing run)
+    unless a task on every alive node reads a file the driver just wrote under the artifacts
+    home; the sentence names the first node that cannot. Ray stays up for execute()."""
+    start_ray(address, artifacts)
+    home = Path(artifacts).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    token = f"{socket.gethostname()} {uuid.uuid4().hex}"
+    probe = home / f".cluster-check-{uuid.uuid4().hex[:12]}"
+    probe.write_text(token)
+    try:
+        missing = nodes_not_seeing(probe, token)
+    finally:
+        probe.unlink(missing_ok=True)
+    if missing:
+        stop_ray()
+        raise shared_storage_error(home, probe, missing)
+
+
+def shared_storage_error(home: Path, probe: Path, missing: list[tuple[str, str]]) -> ValueError:
+    """The one sentence `pdspace run --address` refuses a cluster with."""
+    node, why = missing[0]
+    others = f" (and {len(missing) - 1} more node(s))" if len(missing) > 1 else ""
+    return ValueError(
+        f"node {node}{others} cannot see the artifacts home {home} ({why}: {probe.name}, written by this "
+        f"machine just before); every node of the Ray cluster must mount it at the same path (a shared "
+        f"filesystem): set PDSPACE_HOME to such a path")
 
 
 def _trial(config: dict[str, Any]) -> None:

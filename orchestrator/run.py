@@ -147,6 +147,10 @@ def _execute(todo: list[Unit], *, plans: list[Plan], db_url: str, artifacts: Pat
 
     todo_hashes = {u.config_hash for u in todo}
     errors: dict[str, str | None] = {}
+    if address:  # on a cluster, every node must see the artifacts home before any unit writes to it
+        from orchestrator.execute import check_shared_artifacts
+
+        check_shared_artifacts(address, artifacts)
     # The data unit runs here first: everything else reads it, and it has no GPU work.
     data = [u for u in todo if u.kind == "data"]
     for u in data:
