@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 STUDIES = ROOT / "studies"
 SHIPPED = sorted(p for p in STUDIES.rglob("*.yaml") if not p.name.startswith("_"))
 MINI = [p for p in SHIPPED if p.parent == STUDIES / "mini"]
-PAPER = [p for p in SHIPPED if p.parent == STUDIES / "paper"]
+SMOKE = STUDIES / "paper" / "smoke.yaml"
+PAPER = [p for p in SHIPPED if p.parent == STUDIES / "paper" and p != SMOKE]
 
 SLOTS = 2  # trials at once on the 2-core machine the mini suite is sized for
 SUITE_LIMIT_S = 90 * 60
@@ -79,6 +80,38 @@ def test_paper_studies_run_at_paper_scale(path):
     assert all(u.config["batch_size"] == 2048 and u.config["tokens"] >= 100_000_000_000 for u in trials)
     assert all(u.estimate["gpu_hours"] > 0 for u in trials)
     assert "GPU-hours" in format_plan(plan)
+
+
+def test_the_smoke_study_runs_every_stage_at_paper_shapes_in_minutes(tmp_path):
+    """studies/paper/smoke.yaml: the 330M student at T = 4096 from a pretrained teacher given by
+    --set, a few hundred steps, logits, KD student, baseline and evaluation, on GPUs, with a
+    memory estimate per GPU that fits the GPU it declares."""
+    plan = _plan(SMOKE)
+    study = plan.study
+    assert {u.kind for u in plan.units} == {"data", "logits", "student", "baseline"}
+    assert study.teachers["glm4_9b"].pretrained and study.data.tokenizer and study.data.seq_len == 4096
+    assert study.resources.gpus_per_trial == 1 and study.resources.gpu_memory_gb
+    trained = [u for u in plan.units if u.kind in ("student", "baseline")]
+    for u in trained:
+        assert u.config["student"] == "330M"
+        assert 100 <= u.config["tokens"] // (u.config["batch_size"] * 4096) <= 1000
+        assert u.estimate["memory_bytes"] <= study.resources.gpu_memory_gb * 1e9
+        assert u.estimate["seconds"] < 10 * 60
+    assert not study.eval.tasks, "no standard lm-eval task: their datasets may not be on the cluster"
+    assert "every unit fits" in format_plan(plan)
+    # the teacher comes from --set, its config read for the memory per GPU
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "config.json").write_text(
+        '{"hidden_size": 4096, "num_hidden_layers": 40, "intermediate_size": 13696, "num_attention_heads": 32,'
+        ' "num_key_value_heads": 2, "head_dim": 128, "vocab_size": 151552, "torch_dtype": "bfloat16"}')
+    mine = build_plan(load_study(SMOKE, overrides=[f"teachers.glm4_9b.pretrained={teacher}",
+                                                  f"data.tokenizer={teacher}"]))
+    units = {u.kind: u for u in mine.units}
+    assert units["logits"].config["pretrained"] == str(teacher)
+    assert units["student"].estimate["memory_parts"]["teacher"] > 18e9
+    assert units["student"].estimate["memory_bytes"] <= study.resources.gpu_memory_gb * 1e9
+    assert "+?" not in format_plan(mine)
 
 
 def test_paper_evaluation_tasks_are_known_to_lm_eval(monkeypatch):
