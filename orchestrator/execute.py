@@ -197,19 +197,28 @@ def _ddp_loop(loop_config: dict[str, Any]) -> None:
     execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"], device=device)
 
 
-def _run_ddp(unit: dict[str, Any], ctx: dict[str, Any]) -> None:
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+def ddp_configs(resources: dict[str, Any]):
+    """(TorchConfig, ScalingConfig) of a multi-worker unit: NCCL with one GPU per worker when the
+    study asks for GPUs (validation allows exactly 1 per worker then), gloo on CPUs."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig
 
-    res = unit["resources"]
+    gpus = resources["gpus"]
+    return (TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+            ScalingConfig(num_workers=resources["workers"], use_gpu=gpus > 0,
+                          resources_per_worker={"CPU": resources["cpus"], **({"GPU": gpus} if gpus else {})}))
+
+
+def _run_ddp(unit: dict[str, Any], ctx: dict[str, Any]) -> None:
+    from ray.train import RunConfig
+    from ray.train.torch import TorchTrainer
+
+    torch_config, scaling_config = ddp_configs(unit["resources"])
     trainer = TorchTrainer(
         _ddp_loop,
         train_loop_config={"unit": unit, "ctx": ctx},
-        torch_config=TorchConfig(backend="nccl" if res["gpus"] > 0 else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=res["workers"], use_gpu=res["gpus"] > 0,
-            resources_per_worker={"CPU": res["cpus"], **({"GPU": res["gpus"]} if res["gpus"] else {})},
-        ),
+        torch_config=torch_config,
+        scaling_config=scaling_config,
         run_config=RunConfig(name=f"ddp-{unit['config_hash']}",
                              storage_path=str(Path(ctx["artifacts"]).resolve() / "ray_results")),
     )

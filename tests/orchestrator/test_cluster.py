@@ -1,7 +1,8 @@
-"""`pdspace run --address` checks that every node of the Ray cluster sees the artifacts home: a
-task pinned to each alive node reads a file the driver has just written there. On a local Ray
-(one node) the check passes; a node that cannot see the file (here: the file removed before the
-tasks read it) is named in the refusal."""
+"""Running on a cluster. `pdspace run --address` checks that every node of the Ray cluster sees
+the artifacts home: a task pinned to each alive node reads a file the driver has just written
+there. On a local Ray (one node) the check passes; a node that cannot see the file (here: the
+file removed before the tasks read it) is named in the refusal. Multi-worker units are NCCL DDP
+jobs with one GPU per worker (gloo on CPUs)."""
 from __future__ import annotations
 
 import socket
@@ -49,3 +50,11 @@ def test_a_node_that_cannot_read_the_file_is_named(local_ray, tmp_path):
     message = str(execute.shared_storage_error(tmp_path, probe, missing))
     assert message.startswith(f"node {node} cannot see the artifacts home {tmp_path}")
     assert "PDSPACE_HOME" in message and "\n" not in message
+
+
+def test_multi_worker_units_use_nccl_with_one_gpu_per_worker_and_gloo_on_cpus():
+    torch_config, scaling = execute.ddp_configs({"cpus": 8, "gpus": 1, "workers": 8})
+    assert torch_config.backend == "nccl"
+    assert scaling.num_workers == 8 and scaling.use_gpu and scaling.resources_per_worker == {"CPU": 8, "GPU": 1}
+    torch_config, scaling = execute.ddp_configs({"cpus": 1, "gpus": 0, "workers": 2})
+    assert torch_config.backend == "gloo" and not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1}
