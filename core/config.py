@@ -46,6 +46,10 @@ BuiltinTask = Literal["pdspace_nextline", "pdspace_cloze"]
 BUILTIN_TASKS: tuple[str, ...] = BuiltinTask.__args__
 """The evaluation tasks core.lmeval builds from the held-out documents (any corpus, any tokenizer)."""
 
+FUSED_LOSS_ABOVE_BYTES = 1 << 28
+"""TrainConfig.fused_loss = None fuses the LM head and loss when a micro-batch's fp32 logits would
+take more than this (256 MiB: e.g. 4 x 128 tokens at V = 151,552)."""
+
 LM_ONLY_ALPHA = AlphaScheduleConfig(kind="constant", alpha=0.0)
 """The α schedule of an LM-only run (a baseline): no KD at any step."""
 
@@ -249,10 +253,12 @@ class TrainConfig:
     """Refuse up to this many non-finite steps in total, then fail the run."""
     bf16: bool | None = setting(None)
     """bf16 autocast; None = on for CUDA, off on CPU."""
-    fused_loss: bool = setting(True, identity=False)
+    fused_loss: bool | None = setting(None, identity=False)
     """LM head and loss fused and chunked (core.fused_loss): no (B, T, V) logits or gradient in
-    memory; the same loss up to float rounding. False (or a teacher capturing online logits, which
-    needs them whole): the reference path, logits then core.losses.distillation_loss."""
+    memory; the same loss up to float rounding. None: fused on a GPU, or when a micro-batch's fp32
+    logits would exceed FUSED_LOSS_ABOVE_BYTES (at CPU scale the reference path is ~10 % faster).
+    False (and always for a teacher capturing online logits, which needs them whole): the
+    reference path, logits then core.losses.distillation_loss."""
     log_every_steps: PosInt = setting(10, identity=False)
     """Report training metrics every this many steps."""
     checkpoint_every_steps: PosInt = setting(100, identity=False)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from core.config import LM_ONLY_ALPHA, KDConfig, TrainConfig  # noqa: F401 - TrainConfig re-exported
+from core.config import FUSED_LOSS_ABOVE_BYTES, LM_ONLY_ALPHA, KDConfig, TrainConfig  # noqa: F401 - TrainConfig re-exported
 from core.losses import distillation_loss
 from core.types import TeacherSignal
 
@@ -214,7 +214,10 @@ def train(
     kd = cfg.kd or KDConfig()
     # The fused LM head + loss (core.fused_loss) unless the run captures online logits, which
     # needs them whole; the unfused path stays for reference and tests.
-    fused = cfg.fused_loss and online_capture is None
+    logits_bytes = 4 * micro * seq_len * model.get_output_embeddings().weight.shape[0]
+    wanted = cfg.fused_loss if cfg.fused_loss is not None else (
+        device.type == "cuda" or logits_bytes > FUSED_LOSS_ABOVE_BYTES)
+    fused = wanted and online_capture is None
     lm_head = model.get_output_embeddings().weight
     use_bf16 = cfg.bf16 if cfg.bf16 is not None else device.type == "cuda"
 
