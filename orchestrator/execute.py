@@ -197,6 +197,13 @@ def _ddp_loop(loop_config: dict[str, Any]) -> None:
     execute_unit(unit, ctx["db_url"], ctx["artifacts"], threads=unit["resources"]["cpus"], device=device)
 
 
+DDP_TIMEOUT_S = 4 * 3600
+"""How long a worker waits in a collective. Only rank 0 evaluates (held-out loss with the teacher,
+then lm-eval tasks on the final checkpoint: an hour or more for MMLU, HellaSwag and GSM8k at paper
+scale) while the other ranks wait at their next all-reduce or at the final barrier; Ray Train's
+default of 30 min would kill such a run."""
+
+
 def ddp_configs(resources: dict[str, Any]):
     """(TorchConfig, ScalingConfig) of a multi-worker unit: NCCL with one GPU per worker when the
     study asks for GPUs (validation allows exactly 1 per worker then), gloo on CPUs."""
@@ -204,7 +211,7 @@ def ddp_configs(resources: dict[str, Any]):
     from ray.train.torch import TorchConfig
 
     gpus = resources["gpus"]
-    return (TorchConfig(backend="nccl" if gpus > 0 else "gloo"),
+    return (TorchConfig(backend="nccl" if gpus > 0 else "gloo", timeout_s=DDP_TIMEOUT_S),
             ScalingConfig(num_workers=resources["workers"], use_gpu=gpus > 0,
                           resources_per_worker={"CPU": resources["cpus"], **({"GPU": gpus} if gpus else {})}))
 

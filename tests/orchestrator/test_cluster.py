@@ -54,7 +54,7 @@ def test_a_node_that_cannot_read_the_file_is_named(local_ray, tmp_path):
 
 def test_multi_worker_units_use_nccl_with_one_gpu_per_worker_and_gloo_on_cpus():
     torch_config, scaling = execute.ddp_configs({"cpus": 8, "gpus": 1, "workers": 8})
-    assert torch_config.backend == "nccl"
+    assert torch_config.backend == "nccl" and torch_config.timeout_s == execute.DDP_TIMEOUT_S  # rank 0 evaluates
     assert scaling.num_workers == 8 and scaling.use_gpu and scaling.resources_per_worker == {"CPU": 8, "GPU": 1}
     torch_config, scaling = execute.ddp_configs({"cpus": 1, "gpus": 0, "workers": 2})
     assert torch_config.backend == "gloo" and not scaling.use_gpu and scaling.resources_per_worker == {"CPU": 1}
