@@ -19,7 +19,7 @@ import torch
 
 from core.config import EvalConfig
 from core.memory import EVAL_LOGITS_BYTES
-from core.models import inference_autocast
+from core.models import inference_autocast, output_vocab_size
 from core.types import SparseTeacherBatch, TeacherSignal
 
 
@@ -75,7 +75,7 @@ def heldout_metrics(
     kl_sum = torch.zeros((), dtype=torch.float64, device=device)
     agree_sum = torch.zeros((), dtype=torch.float64, device=device)
     num_tokens = 0
-    vocab_size = _vocab_rows(model)
+    vocab_size = output_vocab_size(model)
     try:
         chosen = evaluation_ids(available, num_sequences)
         for start in range(0, num_sequences, batch_size):
@@ -109,14 +109,6 @@ def heldout_metrics(
         out["teacher_kl"] = float(kl_sum) / num_tokens
         out["top1_agreement"] = float(agree_sum) / num_tokens
     return out
-
-
-def _vocab_rows(model: torch.nn.Module) -> int | None:
-    """Rows of the model's output layer (its logits per position), when it says."""
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return getattr(getattr(model, "config", None), "vocab_size", None)
 
 
 def _teacher_agreement(

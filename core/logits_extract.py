@@ -149,10 +149,12 @@ def _forward(model: torch.nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
 
 
 def _vocab_size(model: torch.nn.Module) -> int:
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)
+    from core.models import output_vocab_size
+
+    size = output_vocab_size(model)
+    if size is None:
+        raise ValueError("the teacher has neither an output layer nor a config.vocab_size")
+    return size
 
 
 class _SequenceSource:

@@ -86,6 +86,16 @@ def inference_autocast(model: torch.nn.Module, device: str | torch.device | None
     return contextlib.nullcontext()
 
 
+def output_vocab_size(model: torch.nn.Module) -> int | None:
+    """Logits per position of a causal LM: its output layer's rows (padding included), else its
+    config's vocab_size; None when it has neither."""
+    head = getattr(model, "get_output_embeddings", lambda: None)()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    return int(size) if size is not None else None
+
+
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
@@ -138,4 +148,5 @@ def check_vocab_compatible(model_vocab: int, num_tokens: int, *, model: str = "t
 __all__ = [
     "ModelSize", "MODEL_SIZES", "ParamCounts", "get_size", "param_counts", "llama_config",
     "build_model", "load_pretrained", "check_vocab_compatible", "model_vocab_size", "inference_autocast",
+    "output_vocab_size",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import results
 from orchestrator.artifacts import heal
-from orchestrator.plan import Plan, Unit, build_plan, check_regions
+from orchestrator.plan import Plan, Unit, build_plan, check_memory, check_regions
 
 
 def register(plan: Plan, db_url: str) -> dict[str, str]:
@@ -106,8 +106,6 @@ def run_studies(studies: list[Any], *, db_url: str, artifacts: Path, address: st
     t0 = time.time()
     results.init_db(db_url)
     plans = [build_plan(s, artifacts) for s in studies]
-    from orchestrator.plan import check_memory
-
     for plan in plans:  # a unit that cannot fit its declared GPU memory fails the run before any work
         check_memory(plan)
     with _runner_lock(Path(artifacts)):
