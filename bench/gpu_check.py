@@ -300,7 +300,8 @@ def student_step(name: str) -> dict:
     attention = counts.flops_per_token - 6 * counts.num_non_embedding_params
     estimate = training_memory("330M", V, T, micro, workers=1, bf16=True, on_gpu=True, fused=cfg.fused_loss)
     return {"size": "330M", "num_params": counts.num_params, "seq_len": T, "batch": batch, "micro_batch": micro,
-            "kd": "kld, alpha 0.9, synthetic top-100 teacher" if kd else None, "fused_loss": cfg.fused_loss,
+            "kd": "kld, alpha 0.9, synthetic top-100 teacher" if kd else None,
+            "fused_loss": "automatic (fused on a GPU)" if cfg.fused_loss is None else cfg.fused_loss,
             "steps": len(rows), "tokens_per_s": tokens_per_s,
             "mfu": 6 * counts.num_params * tokens_per_s / peak_rate,
             "mfu_with_attention": (6 * counts.num_params + attention) * tokens_per_s / peak_rate,

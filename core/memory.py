@@ -27,7 +27,7 @@ Training step (the peak of forward + backward, or of the optimizer step, whichev
                   Llama decoder layer (torch 2.13, transformers 5.24, SDPA whose flash kernels save
                   q, k, v, the output and the logsumexp), on CPU under the same autocast policy as
                   CUDA's; tests/core/test_memory.py re-measures it on every run.
-    loss          fused (the trainer's default): c·V·4 bytes·3, c = min(t, FUSED_CHUNK_LOGITS // V)
+    loss          fused (the trainer's default on a GPU): c·V·4 bytes·3, c = min(t, FUSED_CHUNK_LOGITS // V)
                   rows (a chunk's fp32 logits, their gradient, one temporary) + the fused loss's
                   fp32 gradient buffers t·d·4 + V·d·4 (core.fused_loss). Unfused (a teacher
                   capturing online logits needs them whole, or fused_loss: false): t·V·16 (bf16
@@ -55,6 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from core.config import FUSED_LOSS_ABOVE_BYTES
 from core.sizes import ModelSize, get_size, param_counts
 
 GB = 1e9
@@ -189,7 +190,7 @@ def training_memory(
     workers: int = 1,
     bf16: bool = True,
     on_gpu: bool = True,
-    fused: bool = True,
+    fused: bool | None = None,
     eval_batch_size: int = 16,
     heldout_sequences: int = 64,
     teacher: TeacherFootprint | None = None,
@@ -200,11 +201,15 @@ def training_memory(
     micro_batch_size: sequences per forward on one worker (the trainer's micro-batch: the
     worker's whole share of the batch when the study sets none). teacher: a KD student's held-out
     teacher, held on the same device for the whole run (None: LM-only, or a teacher unit).
+    fused: TrainConfig.fused_loss; None decides as the trainer does (fused on a GPU or when a
+    micro-batch's fp32 logits pass core.config.FUSED_LOSS_ABOVE_BYTES).
     """
     s = get_size(size)
     P = param_counts(s, vocab_size).num_params
     V, d, T = int(vocab_size), s.hidden, int(seq_len)
     t = int(micro_batch_size) * T
+    if fused is None:
+        fused = on_gpu or 4 * t * V > FUSED_LOSS_ABOVE_BYTES
     held = {"weights": 4 * P, "optimizer": 8 * P, "ddp_buckets": 4 * P if workers > 1 else 0}
     if teacher is not None:
         memo = int(heldout_sequences) * T * min(teacher_top_k, V) * 12

@@ -119,7 +119,7 @@ def _training_memory(cfg: dict, size: str, vocab_size: int, seq_len: int, resour
     on_gpu = resources["gpus"] > 0
     workers = int(resources["workers"])
     bf16 = on_gpu if cfg.get("bf16") is None else bool(cfg["bf16"])
-    fused = (cfg.get("execution") or {}).get("fused_loss", True) and not capture
+    fused = False if capture else (cfg.get("execution") or {}).get("fused_loss")  # None: as the trainer decides
     share = max(1, cfg["batch_size"] // workers)  # the trainer's per-worker batch and micro-batch
     micro = min(cfg.get("micro_batch_size") or share, share)
     ev = cfg.get("eval") or {}

@@ -149,3 +149,16 @@ def test_activation_constants_match_what_autograd_saves(shape, bf16):
     size = dict(hidden=hidden, ffn=ffn, layers=1, heads=heads, kv_heads=kv_heads)
     assert per_layer == activation_bytes_per_token_layer(size, bf16)
     assert rest == 8 * hidden + 12
+
+
+def test_fused_none_decides_as_the_trainer():
+    """TrainConfig.fused_loss = None: fused on a GPU, or on CPU once a micro-batch's fp32 logits pass
+    FUSED_LOSS_ABOVE_BYTES (256 MiB); the reference path otherwise."""
+    def loss(vocab, micro, **kw):
+        est = training_memory("d64l3", vocab, 128, micro, bf16=False, eval_batch_size=1, **kw)
+        assert est.phase == "train step"
+        return est.parts["loss"]
+
+    assert loss(V, 1, on_gpu=True) == loss(V, 1, on_gpu=True, fused=True)  # 74 MiB of logits, on a GPU
+    assert loss(4096, 16, on_gpu=False) == loss(4096, 16, on_gpu=False, fused=False) == 16 * 128 * 4096 * 16
+    assert loss(V, 4, on_gpu=False) == loss(V, 4, on_gpu=False, fused=True) != loss(V, 4, on_gpu=False, fused=False)
