@@ -183,7 +183,8 @@ def _truncation_rows(scores: pd.DataFrame) -> pd.DataFrame:
     f = _main(scores)
     f = f[~f["is_lm"] & np.isfinite(f["top_p"].astype(float)) & f["top_k"].notna() & f["delta_pct"].notna()]
     factor = f["factor"].fillna("").str.lower()
-    related = factor.apply(lambda s: any(t in s for t in TRUNCATION_FACTORS))
+    # a list, not Series.apply: on an empty frame apply keeps the string dtype and `|` then fails
+    related = pd.Series([any(t in s for t in TRUNCATION_FACTORS) for s in factor], index=f.index, dtype=bool)
     keep = related | f["is_vanilla"]
     f, related = f[keep], related[keep]
     if f.empty:

@@ -313,11 +313,13 @@ def train(
                     # The model runs through DDP's forward up to its final norm (the LM head on one
                     # position only); the fused loss applies the head chunk by chunk, never holding
                     # (B, T, V) logits or their gradient.
+                    # Under bf16 autocast the head's chunk matmuls run in bf16, as the unfused
+                    # head does; the loss itself is computed in fp32 (core.fused_loss).
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         hidden = ddp_model(input_ids=input_ids, output_hidden_states=True,
                                            logits_to_keep=1).hidden_states[-1]
-                    parts = _fused_loss(hidden, lm_head, labels, teacher_batch, alpha, kd,
-                                        num_tokens=global_tokens / world)
+                        parts = _fused_loss(hidden, lm_head, labels, teacher_batch, alpha, kd,
+                                            num_tokens=global_tokens / world)
                 else:
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                         logits = ddp_model(input_ids=input_ids).logits
