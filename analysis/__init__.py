@@ -10,7 +10,7 @@ import_external, for `pdspace import`). Modules (none imports torch, ray or the 
     study_figures  make_figures: every figure one study allows; loss_curves, kept_frame
     external       the paper's CSV format; reference_results() = the paper's numbers, shipped here
     report         write_report(db_url, study, out_path) -> one self-contained HTML file
-    findings       the paper's findings checked on PD-vs-baseline loss gains (pd_pairs)
+    findings       the paper's findings as calibrated tests on PD-vs-baseline loss gains (pd_pairs)
     suite          the report over a folder of studies
     summary        loss_comparison: what `pdspace run` prints at the end
     commands       fit_command, figures_command, report_command, import_command (the CLI's verbs)

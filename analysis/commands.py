@@ -12,6 +12,7 @@ import pandas as pd
 
 from analysis.external import external_runs, read_external_csv
 from analysis.fits import fit_study, get_law
+from analysis.report import bootstrap_text
 from analysis.study_figures import DEFAULT_BOOTSTRAP, make_figures
 from results import import_external, load_results
 
@@ -43,7 +44,8 @@ def fit_command(db_url: str, study: str, law: str, *, bootstrap: int = DEFAULT_B
             lines.append(f"{head} — not fitted: {gf.note}")
             continue
         lines.append(f"{head}, {gf.result.num_starts} starts, status {gf.result.status}"
-                     + (f" ({gf.note})" if gf.note else ""))
+                     + (f" ({gf.note})" if gf.note else "")
+                     + (f"; {bootstrap_text(gf.result)}" if gf.result.num_bootstrap else ""))
         for k, v in gf.result.params.items():
             lo, hi = gf.result.intervals.get(k, (float("nan"), float("nan")))
             rows.append((gf.group, k, _fmt(v), _fmt(lo), _fmt(hi)))

@@ -4,6 +4,10 @@ Points are held-out losses (`val_loss`, nats/token) at every evaluation of a run
 included, minus the earliest `drop_fraction` of each run's tokens. N is the run's recorded
 non-embedding parameter count (`num_non_embedding_params`, else `num_params`, else a count in the
 student's name such as "1.9B"); D the tokens seen at the evaluation. Downstream scores never enter.
+
+Bootstrap intervals resample runs, not evaluation points (a cluster bootstrap: a run's
+evaluations share its seed and move together, so resampling them one by one would treat them as
+independent and narrow the interval); the distillation law's refits both of its stages.
 """
 from __future__ import annotations
 
@@ -108,7 +112,7 @@ def power_law_fits(results: Results, *, bootstrap: int = 0, seed: int = 0) -> li
                                 f"over {sizes}"))
             continue
         res = fit_power_law(sub["num_params"].to_numpy(float), sub["L"].to_numpy(float),
-                            bootstrap=bootstrap, seed=seed)
+                            bootstrap=bootstrap, seed=seed, groups=sub["run_id"].to_numpy())
         note = f"only {sizes} sizes (SCALING.md asks for at least {MIN_SIZES})" if sizes < MIN_SIZES else ""
         out.append(GroupFit("power", group, sub, res, note))
     return out
@@ -133,7 +137,8 @@ def chinchilla_fits(results: Results, *, bootstrap: int = 0, seed: int = 0, drop
                                 f"points over {sizes} sizes"))
             continue
         res = fit_chinchilla(sub["num_params"].to_numpy(float), sub["D"].to_numpy(float),
-                             sub["L"].to_numpy(float), bootstrap=bootstrap, seed=seed)
+                             sub["L"].to_numpy(float), bootstrap=bootstrap, seed=seed,
+                             groups=sub["run_id"].to_numpy())
         note = f"only {sizes} sizes (SCALING.md asks for at least {MIN_SIZES})" if sizes < MIN_SIZES else ""
         out.append(GroupFit("chinchilla", group, sub, res, note))
     return out
@@ -160,7 +165,8 @@ def teacher_losses(results: Results, metric: str = "val_loss") -> dict[str, floa
 def distillation_fits(results: Results, *, bootstrap: int = 0, seed: int = 0,
                       drop_fraction: float = 0.25) -> list[GroupFit]:
     """The supervised law on LM-only evaluations, then the distillation law on PD evaluations with
-    each teacher's own final loss as L_T (SCALING.md §3)."""
+    each teacher's own final loss as L_T (SCALING.md §3); its bootstrap refits both stages on
+    resampled runs."""
     pts = loss_points(results, drop_fraction=drop_fraction)
     pts = pts[np.isfinite(pts["num_params"].astype(float))]
     lm = pts[pts["is_lm"]]
@@ -168,7 +174,7 @@ def distillation_fits(results: Results, *, bootstrap: int = 0, seed: int = 0,
         return [GroupFit("distillation", "supervised", lm, None,
                          f"the supervised law needs at least 7 LM-only points with a parameter count; has {len(lm)}")]
     sup = fit_supervised_law(lm["num_params"].to_numpy(float), lm["D"].to_numpy(float), lm["L"].to_numpy(float),
-                             bootstrap=bootstrap, seed=seed)
+                             bootstrap=bootstrap, seed=seed, groups=lm["run_id"].to_numpy())
     out = [GroupFit("distillation", "supervised", lm, sup)]
     lt = teacher_losses(results)
     kd = pts[~pts["is_lm"]].assign(L_T=lambda d: d["teacher"].map(lt))
@@ -179,7 +185,7 @@ def distillation_fits(results: Results, *, bootstrap: int = 0, seed: int = 0,
         return out
     res = fit_distillation_law(kd["num_params"].to_numpy(float), kd["D"].to_numpy(float),
                                kd["L_T"].to_numpy(float), kd["L"].to_numpy(float), supervised=sup,
-                               bootstrap=bootstrap, seed=seed)
+                               bootstrap=bootstrap, seed=seed, groups=kd["run_id"].to_numpy())
     out.append(GroupFit("distillation", "distilled", kd, res))
     return out
 

@@ -79,6 +79,15 @@ def _study_fits(results: Results, bootstrap: int) -> dict:
     return out
 
 
+def bootstrap_text(fit) -> str:
+    """What a fit's bootstrap resampled and how many of its refits did not converge."""
+    unit = {"runs": "runs (a run's evaluations together)", "points": "points"}.get(fit.resample, fit.resample)
+    failed = (f"{fit.bootstrap_failed} of {fit.num_bootstrap} refits did not converge and are left out of the "
+              "intervals" if fit.bootstrap_failed else f"all {fit.num_bootstrap} refits converged")
+    stages = ("; each refit the supervised law too" if getattr(fit, "supervised_samples", None) is not None else "")
+    return f"bootstrap over {unit}{stages}: {failed}"
+
+
 def _fits_html(all_fits: dict, bootstrap: int) -> str:
     parts = []
     if not all_fits:
@@ -102,10 +111,13 @@ def _fits_html(all_fits: dict, bootstrap: int) -> str:
                             f"<td>{html.escape(r.status)}</td></tr>")
             if g.note:
                 notes.append(f"{html.escape(g.group)}: {html.escape(g.note)}")
+            if r.num_bootstrap:
+                notes.append(f"{html.escape(g.group)}: {html.escape(bootstrap_text(r))}")
         body = ""
         if rows:
             body = ('<table class="pd-table"><thead><tr><th>group</th><th>param</th><th>value</th>'
-                    f"<th>95% interval ({bootstrap} bootstrap)</th><th>points</th><th>status</th></tr></thead>"
+                    f"<th>95% interval ({bootstrap} bootstrap resamples of runs)</th><th>points</th><th>status</th>"
+                    "</tr></thead>"
                     f"<tbody>{''.join(rows)}</tbody></table>")
         if notes:
             body += "<p class='note'>" + "<br>".join(notes) + "</p>"

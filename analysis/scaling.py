@@ -11,7 +11,9 @@ Symbols (as in the papers, used everywhere in this module):
 
 Every fit is deterministic: a fixed grid of starts, the summed Huber loss on log L, a batched
 L-BFGS run from every start at once (numpy, analytic gradients), the best few end points polished
-with scipy's L-BFGS-B, and the best kept. Bootstrap intervals resample points with a fixed seed.
+with scipy's L-BFGS-B, and the best kept. Bootstrap intervals resample clusters of points (a
+run's evaluations together, `groups=`; each point alone without it) with a fixed seed; a refit
+that does not converge is left out of the interval and counted (`bootstrap_failed`).
 A hard failure (bad input) raises ValueError; a soft failure (no convergence) is `.status`.
 """
 from __future__ import annotations
@@ -123,7 +125,11 @@ class FitResult:
     loss:      the objective at the optimum (summed Huber loss on log L).
     num_points, num_starts: what the fit used.
     intervals: {name: (lo, hi)} percentile bootstrap intervals when requested, else {}.
-    samples:   (num_bootstrap, num_params) bootstrap parameter draws in `params` order, or None.
+    samples:   (converged draws, num_params) bootstrap parameter draws in `params` order, or None.
+    num_bootstrap: resamples drawn; bootstrap_failed: how many of their refits did not converge
+               (left out of samples and intervals, and reported).
+    resample:  what the bootstrap resampled: "runs" (clusters: a run's evaluations together) or
+               "points" (no cluster labels given); "" without bootstrap.
     """
 
     law: str
@@ -136,6 +142,9 @@ class FitResult:
     samples: np.ndarray | None = field(default=None, repr=False, compare=False)
     ci: float = 0.95
     method: str = "lbfgs"
+    num_bootstrap: int = 0
+    bootstrap_failed: int = 0
+    resample: str = ""
 
     @property
     def converged(self) -> bool:
@@ -148,13 +157,14 @@ class FitResult:
         names = list(self.params)
         return [dict(zip(names, map(float, row))) for row in self.samples]
 
-    def _band(self, fn: Callable[[dict], np.ndarray], ci: float | None) -> tuple[np.ndarray, np.ndarray]:
+    def _band(self, fn: Callable[[dict, int], np.ndarray], ci: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """Percentile band of fn(draw's params, draw's index) over the bootstrap draws."""
         draws = self.sample_params()
         if not draws:
             raise ValueError(f"{self.law} fit has no bootstrap samples; fit with bootstrap=n first")
         q = 100 * (1 - (ci or self.ci)) / 2
         with _diverged_draws_quiet():
-            preds = np.stack([fn(p) for p in draws])
+            preds = np.stack([fn(p, i) for i, p in enumerate(draws)])
             return np.nanpercentile(preds, q, axis=0), np.nanpercentile(preds, 100 - q, axis=0)
 
 
@@ -166,7 +176,7 @@ class PowerLawFit(FitResult):
             return power_law(N, **self.params)
 
     def predict_interval(self, N, ci: float | None = None):
-        return self._band(lambda p: power_law(N, **p), ci)
+        return self._band(lambda p, _: power_law(N, **p), ci)
 
 
 @dataclass(frozen=True)
@@ -177,7 +187,7 @@ class ChinchillaFit(FitResult):
             return chinchilla_law(N, D, **self.params)
 
     def predict_interval(self, N, D, ci: float | None = None):
-        return self._band(lambda p: chinchilla_law(N, D, **p), ci)
+        return self._band(lambda p, _: chinchilla_law(N, D, **p), ci)
 
     def compute_optimal(self, C):
         """(N_opt, D_opt) at compute C (FLOPs) under C = 6ND."""
@@ -186,19 +196,27 @@ class ChinchillaFit(FitResult):
 
 @dataclass(frozen=True)
 class SupervisedLawFit(FitResult):
+    """inputs: what the fit saw (N, D, L, groups, delta, theta: the raw optimum), so that a
+    distillation-law bootstrap can refit this first stage on each resample too."""
+
+    inputs: dict | None = field(default=None, repr=False, compare=False)
+
     def predict(self, N, D):
         with _diverged_draws_quiet():
             return supervised_law(N, D, **self.params)
 
     def predict_interval(self, N, D, ci: float | None = None):
-        return self._band(lambda p: supervised_law(N, D, **p), ci)
+        return self._band(lambda p, _: supervised_law(N, D, **p), ci)
 
 
 @dataclass(frozen=True)
 class DistillationLawFit(FitResult):
-    """params: the distillation constants; supervised: the supervised law's (for L̃_S)."""
+    """params: the distillation constants; supervised: the supervised law's (for L̃_S);
+    supervised_samples: with a two-stage bootstrap, each kept draw's supervised constants
+    (rows match `samples`, columns in `supervised` order), so bands carry both stages."""
 
     supervised: dict[str, float] = field(default_factory=dict)
+    supervised_samples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def predict(self, N_S, D_S, L_T):
         """The distilled student's loss L_S for student size N_S, tokens D_S, teacher loss L_T."""
@@ -207,8 +225,12 @@ class DistillationLawFit(FitResult):
             return distillation_law(N_S, D_S, L_T, L_tilde, **self.params)
 
     def predict_interval(self, N_S, D_S, L_T, ci: float | None = None):
-        L_tilde = supervised_law(N_S, D_S, **self.supervised)
-        return self._band(lambda p: distillation_law(N_S, D_S, L_T, L_tilde, **p), ci)
+        if self.supervised_samples is None:
+            L_tilde = supervised_law(N_S, D_S, **self.supervised)
+            return self._band(lambda p, _: distillation_law(N_S, D_S, L_T, L_tilde, **p), ci)
+        firsts = [dict(zip(self.supervised, map(float, row))) for row in self.supervised_samples]
+        return self._band(lambda p, i: distillation_law(N_S, D_S, L_T, supervised_law(N_S, D_S, **firsts[i]),
+                                                        **p), ci)
 
 
 # --------------------------------------------------------------------------------------------
@@ -530,24 +552,63 @@ def _multistart(obj, data, starts: np.ndarray, delta: float, *, bounds=None, n_p
     return _Optimum(x=x, f=fv, status=status, ends=X[picked])
 
 
-def _bootstrap(obj, data, x_best: np.ndarray, ends: np.ndarray, delta: float, n_boot: int, seed: int,
-               bounds=None, maxiter: int = 400) -> np.ndarray:
-    """Refit on n_boot resamples of the points (with replacement), batched: each resample is one
-    row of the batch, started from the full-data optimum. Returns (n_boot, p) raw parameters."""
-    n = data["l"].size
-    rng = np.random.default_rng(seed)
-    W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_boot)]).astype(float)
+def cluster_weights(n: int, groups, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) bootstrap weights that resample clusters, not points: each resample draws as
+    many clusters as there are, with replacement, and every point weighs as often as its
+    cluster was drawn. groups: (n,) cluster labels (a run's id: its evaluations move together);
+    None makes every point its own cluster (the plain point bootstrap). Copying a cluster's
+    points therefore scales its weights and leaves every refit, and the interval, unchanged."""
+    if groups is None:
+        labels, G = np.arange(n), n
+    else:
+        groups = np.asarray(groups).reshape(-1)
+        if groups.size != n:
+            raise ValueError(f"groups has {groups.size} labels, expected {n} (one per point)")
+        _, labels = np.unique(groups, return_inverse=True)
+        G = int(labels.max()) + 1
+    counts = np.stack([np.bincount(rng.integers(0, G, G), minlength=G) for _ in range(n_boot)])
+    return counts[:, labels].astype(float)
 
+
+def _refit(obj, data, x0: np.ndarray, W: np.ndarray, delta: float, bounds=None, maxiter: int = 400,
+           row_data: Mapping[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Refit the objective once per row of the weights W (n_boot, n), batched, every row started
+    from x0 (the full-data optimum). row_data: data arrays that differ per row, (n_boot, n) (the
+    distillation law's L̃_S when its first stage is refitted too). Returns (n_boot, p) raw
+    parameters and (n_boot,) ok: the refit converged to a finite optimum."""
     def fg(X, idx, grad=True):
-        return obj(X, data, W[idx], delta, grad)
+        d = data if row_data is None else {**data, **{k: v[idx] for k, v in row_data.items()}}
+        return obj(X, d, W[idx], delta, grad)
 
     lower = upper = None
     if bounds is not None:
         lower = [-np.inf if b[0] is None else b[0] for b in bounds]
         upper = [np.inf if b[1] is None else b[1] for b in bounds]
-    X0 = np.repeat(x_best[None, :], n_boot, axis=0)
-    X, f, _, _ = _batched_lbfgs(fg, X0, lower=lower, upper=upper, maxiter=maxiter)
-    return X
+    X0 = np.repeat(np.asarray(x0, dtype=float)[None, :], W.shape[0], axis=0)
+    X, f, _, converged = _batched_lbfgs(fg, X0, lower=lower, upper=upper, maxiter=maxiter)
+    ok = converged & np.isfinite(f) & np.all(np.isfinite(X), axis=1)
+    return X, ok
+
+
+def _bootstrap(obj, data, x_best: np.ndarray, delta: float, n_boot: int, seed: int, bounds=None,
+               groups=None, maxiter: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Refit on n_boot cluster resamples (cluster_weights; seeded), batched, each started from the
+    full-data optimum. Returns (n_boot, p) raw parameters and which refits converged."""
+    W = cluster_weights(data["l"].size, groups, n_boot, np.random.default_rng(seed))
+    return _refit(obj, data, x_best, W, delta, bounds, maxiter)
+
+
+def _boot_result(raw: np.ndarray, ok: np.ndarray, to_params, ci: float) -> dict:
+    """FitResult's bootstrap fields: the converged draws as samples (a refit that did not converge
+    is left out of the interval and counted in bootstrap_failed, never kept silently)."""
+    samples = np.array([list(to_params(t).values()) for t in raw[ok]]).reshape(int(ok.sum()), -1)
+    names = list(to_params(raw[0]).keys())
+    if samples.shape[0]:
+        intervals = _intervals(samples, names, ci)
+    else:
+        intervals = {k: (float("nan"), float("nan")) for k in names}
+    return {"samples": samples, "intervals": intervals, "num_bootstrap": int(raw.shape[0]),
+            "bootstrap_failed": int((~ok).sum())}
 
 
 @contextlib.contextmanager
@@ -596,11 +657,12 @@ def _one_blas_thread(fn):
 
 @_one_blas_thread
 def fit_power_law(N, L, *, delta: float = 1e-3, bootstrap: int = 0, seed: int = 0,
-                  ci: float = 0.95) -> PowerLawFit:
+                  ci: float = 0.95, groups=None) -> PowerLawFit:
     """Fit L(N) = E + A·N^(-alpha) (SCALING.md §1) with the Chinchilla recipe in one variable.
 
     N: (n,) parameter counts; L: (n,) losses in nats. Huber(delta) on log L summed over points,
     starts alpha ∈ {0, 0.5, …, 2}, e = log E ∈ {-1, -0.5, …, 1}, a = log A ∈ {0, 5, …, 25}.
+    groups: (n,) cluster labels (run ids) the bootstrap resamples; None: every point alone.
     """
     N = _positive("N", N)
     L = _positive("L", L, N.size)
@@ -613,14 +675,12 @@ def fit_power_law(N, L, *, delta: float = 1e-3, bootstrap: int = 0, seed: int = 
     def to_params(t):
         return {"E": _exp(t[1]), "A": _exp(t[0]), "alpha": float(t[2])}
 
-    samples, intervals = None, {}
+    boot = {}
     if bootstrap:
-        raw = _bootstrap(_obj_power, data, opt.x, opt.ends, delta, bootstrap, seed)
-        samples = np.array([list(to_params(t).values()) for t in raw])
-        intervals = _intervals(samples, ["E", "A", "alpha"], ci)
+        raw, ok = _bootstrap(_obj_power, data, opt.x, delta, bootstrap, seed, groups=groups)
+        boot = {**_boot_result(raw, ok, to_params, ci), "resample": _unit(groups)}
     return PowerLawFit(law="power", params=to_params(opt.x), status=opt.status, loss=opt.f,
-                       num_points=N.size, num_starts=len(starts), intervals=intervals,
-                       samples=samples, ci=ci)
+                       num_points=N.size, num_starts=len(starts), ci=ci, **boot)
 
 
 # Hoffmann et al. / Epoch AI start grid: 5·5·5·6·6 = 4500 starts
@@ -642,7 +702,7 @@ def _chinchilla_params(t) -> dict[str, float]:
 
 @_one_blas_thread
 def fit_chinchilla(N, D, L, *, method: str = "lbfgs", delta: float = 1e-3, bootstrap: int = 0,
-                   seed: int = 0, ci: float = 0.95) -> ChinchillaFit:
+                   seed: int = 0, ci: float = 0.95, groups=None) -> ChinchillaFit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. 2022, Approach 3; SCALING.md §2).
 
     N: (n,) parameters; D: (n,) tokens; L: (n,) losses in nats.
@@ -651,8 +711,9 @@ def fit_chinchilla(N, D, L, *, method: str = "lbfgs", delta: float = 1e-3, boots
     method="varpro": the grid-free cross-check — for fixed (alpha, beta) the law is linear in
     (E, A, B) ≥ 0, so a non-negative (IRLS-weighted) least-squares solve gives the profile; a 2-D
     search over (alpha, beta) finds its minimum, then one L-BFGS-B polish of the same objective.
-    bootstrap=n: n refits on resampled points (seeded), started from the full-data optimum;
-    `.intervals` holds the percentile intervals at level `ci`.
+    bootstrap=n: n refits on resampled clusters (groups: (n,) run ids; None: each point alone;
+    seeded), started from the full-data optimum; `.intervals` holds the percentile intervals at
+    level `ci` over the refits that converged (`.bootstrap_failed` counts the others).
     """
     N = _positive("N", N)
     D = _positive("D", D, N.size)
@@ -671,14 +732,13 @@ def fit_chinchilla(N, D, L, *, method: str = "lbfgs", delta: float = 1e-3, boots
         num_starts = 1
     else:
         raise ValueError(f"method must be 'lbfgs' or 'varpro', got {method!r}")
-    samples, intervals = None, {}
+    boot = {}
     if bootstrap:
-        raw = _bootstrap(_obj_chinchilla, data, opt.x, opt.ends, delta, bootstrap, seed)
-        samples = np.array([list(_chinchilla_params(t).values()) for t in raw])
-        intervals = _intervals(samples, list(_chinchilla_params(opt.x)), ci)
+        raw, ok = _bootstrap(_obj_chinchilla, data, opt.x, delta, bootstrap, seed, groups=groups)
+        boot = {**_boot_result(raw, ok, _chinchilla_params, ci), "resample": _unit(groups)}
     return ChinchillaFit(law="chinchilla", params=_chinchilla_params(opt.x), status=opt.status,
-                         loss=opt.f, num_points=N.size, num_starts=num_starts, intervals=intervals,
-                         samples=samples, ci=ci, method=method)
+                         loss=opt.f, num_points=N.size, num_starts=num_starts, ci=ci, method=method,
+                         **boot)
 
 
 def _varpro_profile(data, delta: float, alpha: float, beta: float, iters: int = 30):
@@ -752,11 +812,12 @@ SUPERVISED_BOUNDS = [(None, None), (None, None), (None, None), (0.0, None), (0.0
 
 @_one_blas_thread
 def fit_supervised_law(N, D, L, *, delta: float = 1e-4, bootstrap: int = 0, seed: int = 0,
-                       ci: float = 0.95) -> SupervisedLawFit:
+                       ci: float = 0.95, groups=None) -> SupervisedLawFit:
     """Fit L(N, D) = E + (A/N^alpha + B/D^beta)^gamma (Busbridge et al. 2025; SCALING.md §3).
 
     Huber(delta = 1e-4) on log L summed over points; L-BFGS-B from a grid of
     alpha, beta ∈ {0.25, 0.5, 1}, gamma ∈ {0.25, 0.5, 1}, e ∈ {-1, 0, 1}, a, b ∈ {0, 5, 10, 15}.
+    groups: (n,) cluster labels (run ids) the bootstrap resamples; None: every point alone.
     """
     N = _positive("N", N)
     D = _positive("D", D, N.size)
@@ -766,15 +827,16 @@ def fit_supervised_law(N, D, L, *, delta: float = 1e-4, bootstrap: int = 0, seed
     starts = _grid([0.0, 5.0, 10.0, 15.0], [0.0, 5.0, 10.0, 15.0], [-1.0, 0.0, 1.0],
                    [0.25, 0.5, 1.0], [0.25, 0.5, 1.0], [0.25, 0.5, 1.0])
     opt = _multistart(_obj_supervised, data, starts, delta, bounds=SUPERVISED_BOUNDS)
-    samples, intervals = None, {}
+    boot = {}
     if bootstrap:
-        raw = _bootstrap(_obj_supervised, data, opt.x, opt.ends, delta, bootstrap, seed,
-                         bounds=SUPERVISED_BOUNDS)
-        samples = np.array([list(_supervised_params(t).values()) for t in raw])
-        intervals = _intervals(samples, list(_supervised_params(opt.x)), ci)
+        raw, ok = _bootstrap(_obj_supervised, data, opt.x, delta, bootstrap, seed, bounds=SUPERVISED_BOUNDS,
+                             groups=groups)
+        boot = {**_boot_result(raw, ok, _supervised_params, ci), "resample": _unit(groups)}
+    inputs = {"N": N, "D": D, "L": L, "groups": None if groups is None else np.asarray(groups).reshape(-1),
+              "delta": delta, "theta": np.asarray(opt.x, dtype=float)}
     return SupervisedLawFit(law="supervised", params=_supervised_params(opt.x), status=opt.status,
-                            loss=opt.f, num_points=N.size, num_starts=len(starts),
-                            intervals=intervals, samples=samples, ci=ci)
+                            loss=opt.f, num_points=N.size, num_starts=len(starts), ci=ci, inputs=inputs,
+                            **boot)
 
 
 def _distillation_params(t) -> dict[str, float]:
@@ -789,30 +851,39 @@ DISTILLATION_BOUNDS = [(None, None), (None, None), (0.0, None), (0.0, None), (1e
 
 @_one_blas_thread
 def fit_distillation_law(N_S, D_S, L_T, L_S, *, supervised, delta: float = 1e-4,
-                         bootstrap: int = 0, seed: int = 0, ci: float = 0.95) -> DistillationLawFit:
+                         bootstrap: int = 0, seed: int = 0, ci: float = 0.95,
+                         groups=None) -> DistillationLawFit:
     """Fit the distillation law (Busbridge et al. 2025; SCALING.md §3) on (N_S, D_S, L_T, L_S).
 
-    supervised: where L̃_S = L(N_S, D_S) comes from — a SupervisedLawFit, a params mapping
-    (E, A, B, alpha, beta, gamma; e.g. BUSBRIDGE_SUPERVISED), or a tuple (N, D, L) of
-    supervised runs to fit first with fit_supervised_law.
+    supervised: where L̃_S = L(N_S, D_S) comes from — a SupervisedLawFit, a tuple (N, D, L) or
+    (N, D, L, groups) of supervised runs to fit first with fit_supervised_law, or a params
+    mapping (E, A, B, alpha, beta, gamma; e.g. BUSBRIDGE_SUPERVISED).
     Huber(delta = 1e-4) on log L_S summed over points; L-BFGS-B from a grid of starts with f1 ≥ 1e-2.
+    bootstrap=n: n two-stage refits. Each resample draws the supervised runs' clusters and the
+    distilled runs' clusters (groups: (n,) run ids; None: each point alone), refits the supervised
+    law on the first, recomputes L̃_S from that refit and refits the distillation law on the
+    second, so the interval carries the first stage's uncertainty. Only with a params mapping
+    (published constants) is the first stage fixed. A resample counts as failed
+    (`bootstrap_failed`) when either refit does not converge.
     """
     N_S = _positive("N_S", N_S)
     D_S = _positive("D_S", D_S, N_S.size)
     L_T = _positive("L_T", L_T, N_S.size)
     L_S = _positive("L_S", L_S, N_S.size)
     _check_count("distillation-law", N_S.size, 9)
+    first: SupervisedLawFit | None = None
     if isinstance(supervised, SupervisedLawFit):
-        sup = dict(supervised.params)
+        first = supervised
     elif isinstance(supervised, Mapping):
         missing = {"E", "A", "B", "alpha", "beta", "gamma"} - set(supervised)
         if missing:
             raise ValueError(f"supervised params are missing {sorted(missing)}")
-        sup = {k: float(supervised[k]) for k in ("E", "A", "B", "alpha", "beta", "gamma")}
-    elif isinstance(supervised, (tuple, list)) and len(supervised) == 3:
-        sup = dict(fit_supervised_law(*supervised).params)
+    elif isinstance(supervised, (tuple, list)) and len(supervised) in (3, 4):
+        first = fit_supervised_law(*supervised[:3], groups=supervised[3] if len(supervised) == 4 else None)
     else:
-        raise ValueError("supervised must be a SupervisedLawFit, a params mapping or a tuple (N, D, L)")
+        raise ValueError("supervised must be a SupervisedLawFit, a params mapping or a tuple (N, D, L[, groups])")
+    keys = ("E", "A", "B", "alpha", "beta", "gamma")
+    sup = dict(first.params) if first is not None else {k: float(supervised[k]) for k in keys}
     L_tilde = supervised_law(N_S, D_S, **sup)
     data = {"x": np.log(N_S), "y": np.log(D_S), "l": np.log(L_S), "lT": np.log(L_T),
             "lTil": np.log(L_tilde)}
@@ -820,13 +891,29 @@ def fit_distillation_law(N_S, D_S, L_T, L_S, *, supervised, delta: float = 1e-4,
     starts = _grid([2.0, 8.0], [2.0, 10.0], [0.3, 0.6], [0.3, 0.6], [0.5, 1.0],
                    [0.0, 2.5], [10.0, 500.0], [0.05, 0.3], [0.0, 0.3])
     opt = _multistart(_obj_distillation, data, starts, delta, bounds=DISTILLATION_BOUNDS)
-    samples, intervals = None, {}
+    boot = {}
     if bootstrap:
-        raw = _bootstrap(_obj_distillation, data, opt.x, opt.ends, delta, bootstrap, seed,
-                         bounds=DISTILLATION_BOUNDS)
-        samples = np.array([list(_distillation_params(t).values()) for t in raw])
-        intervals = _intervals(samples, list(_distillation_params(opt.x)), ci)
+        rng = np.random.default_rng(seed)
+        row_data, ok1, X1 = None, np.ones(bootstrap, dtype=bool), None
+        if first is not None and first.inputs is not None:  # refit the first stage on each resample
+            si = first.inputs
+            sdata = {"x": np.log(si["N"]), "y": np.log(si["D"]), "l": np.log(si["L"])}
+            W1 = cluster_weights(si["L"].size, si["groups"], bootstrap, rng)
+            X1, ok1 = _refit(_obj_supervised, sdata, si["theta"], W1, si["delta"], SUPERVISED_BOUNDS)
+            lt = np.stack([np.log(supervised_law(N_S, D_S, **_supervised_params(t))) for t in X1])
+            ok1 &= np.all(np.isfinite(lt), axis=1)
+            row_data = {"lTil": np.where(np.isfinite(lt), lt, data["lTil"][None, :])}
+        W2 = cluster_weights(N_S.size, groups, bootstrap, rng)
+        raw, ok2 = _refit(_obj_distillation, data, opt.x, W2, delta, DISTILLATION_BOUNDS, row_data=row_data)
+        ok = ok1 & ok2
+        boot = {**_boot_result(raw, ok, _distillation_params, ci), "resample": _unit(groups)}
+        if X1 is not None:
+            boot["supervised_samples"] = np.array([list(_supervised_params(t).values()) for t in X1[ok]]
+                                                  ).reshape(int(ok.sum()), len(sup))
     return DistillationLawFit(law="distillation", params=_distillation_params(opt.x),
                               status=opt.status, loss=opt.f, num_points=N_S.size,
-                              num_starts=len(starts), intervals=intervals, samples=samples, ci=ci,
-                              supervised=sup)
+                              num_starts=len(starts), ci=ci, supervised=sup, **boot)
+
+
+def _unit(groups) -> str:
+    return "points" if groups is None else "runs"

@@ -1,6 +1,7 @@
-"""analysis.findings and analysis.suite: the noise model and intervals against independent
-computations (least squares, scipy's paired t test), verdicts on planted results, and the suite
-report through the CLI."""
+"""analysis.findings and analysis.suite: the noise model (distinct runs, least squares) and the tests
+(one-sided, TOST, intersection-union, Bonferroni, Holm) against independent computations with
+scipy, the selection-aware best-of test under its null, each verdict where it belongs on planted
+results, and the suite report through the CLI."""
 from __future__ import annotations
 
 import math
@@ -13,8 +14,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.findings import (NOT_REPRODUCED, NOT_RUN, REPRODUCED, WITHIN_NOISE, Noise, _contrast, _gain,
-                               check_findings, estimate_noise, gains_over_training, pd_pairs, study_key)
+from analysis.findings import (CONTRADICTED, INCONCLUSIVE, NOT_RUN, NOT_TESTABLE, REPRODUCED, Estimate, Noise,
+                               NoiseBook, all_of, any_of, check_findings, check_suite, cond, contrast, effect,
+                               equivalent, estimate_noise, gain, gains_over_training, holm, not_above, pd_pairs,
+                               study_key, suite_data, t_quantile)
 from analysis.results import stable_hash
 from results import load_results
 from results.engine import make_engine, session_scope
@@ -119,26 +122,87 @@ def test_noise_matches_least_squares_and_pooled_variance():
 
 def test_noise_without_seeds_is_nan():
     noise = estimate_noise(_pairs([("s", "a", 0, 1.0), ("s", "b", 0, 2.0)]))
-    assert noise.dof_seed == 0 and math.isnan(noise.sigma_seed) and math.isnan(noise.single())
+    assert noise.dof_seed == 0 and math.isnan(noise.sigma_seed) and noise.dof_eps == 0
+    est = gain(cond(_pairs([("s", "a", 0, 1.0)]), "a"), noise)
+    assert not est.usable and effect(est, +1, 1.0).verdict() == INCONCLUSIVE
 
 
 def test_contrast_is_scipys_paired_t_interval():
     a = _pairs([("s", "a", s, v) for s, v in enumerate([3.0, 3.4, 2.9, 3.8])])
     b = _pairs([("s", "b", s, v) for s, v in enumerate([2.0, 2.9, 2.2, 2.6])])
-    est = _contrast(a, b, Noise(float("nan"), 0, float("nan"), 0))
+    est = contrast(cond(a, "a"), cond(b, "b"), Noise(float("nan"), 0, float("nan"), 0))
     ci = stats.ttest_rel(a["gain_pct"], b["gain_pct"]).confidence_interval(0.95)
-    assert (est.lo, est.hi) == (pytest.approx(ci.low), pytest.approx(ci.high))
-    one = _gain(a, Noise(0.5, 10, 0.2, 10))
+    assert est.interval(0.025) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    one = gain(cond(a, "a"), Noise(0.5, 10, 0.2, 10))
     ci1 = stats.ttest_1samp(a["gain_pct"], 0).confidence_interval(0.95)
-    assert (one.lo, one.hi) == (pytest.approx(ci1.low), pytest.approx(ci1.high))
+    assert one.interval(0.025) == (pytest.approx(ci1.low), pytest.approx(ci1.high))
 
 
-def test_single_seed_intervals_use_pooled_noise():
+def test_single_seed_intervals_use_t_at_the_noise_dof():
     noise = Noise(0.4, 12, 0.25, 8)
-    g = _gain(_pairs([("s", "a", 0, 1.0)]), noise)
-    assert g.half == pytest.approx(1.959964 * 0.4, rel=1e-5)
-    c = _contrast(_pairs([("s", "a", 0, 1.0)]), _pairs([("s", "b", 0, 0.2)]), noise)
-    assert c.mean == pytest.approx(0.8) and c.half == pytest.approx(1.959964 * math.sqrt(2) * 0.25, rel=1e-5)
+    g = gain(cond(_pairs([("s", "a", 0, 1.0)]), "a"), noise)
+    assert g.se == pytest.approx(0.4) and g.dof == 12
+    assert g.interval(0.025)[1] - 1.0 == pytest.approx(stats.t.ppf(0.975, 12) * 0.4)  # t, not z
+    # two one-seed conditions on one baseline (the fallback frames' block is the seed): √2·σ_eps, dof_eps
+    c = contrast(cond(_pairs([("s", "a", 0, 1.0)]), "a"), cond(_pairs([("s", "b", 0, 0.2)]), "b"), noise)
+    assert c.mean == pytest.approx(0.8) and c.se == pytest.approx(math.sqrt(2) * 0.25) and c.dof == 8
+    # on two baselines the baseline's share does not cancel: √2·σ_seed
+    c2 = contrast(cond(_pairs([("s", "a", 0, 1.0)]), "a"), cond(_pairs([("s", "b", 1, 0.2)]), "b"), noise)
+    assert c2.se == pytest.approx(math.sqrt(2) * 0.4) and c2.dof == 12
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.0])
+def test_one_sided_and_tost_p_values_are_scipys(margin):
+    x = np.array([0.9, 1.4, 0.6, 1.1, 0.8])
+    est = Estimate(float(x.mean()), float(x.std(ddof=1) / math.sqrt(x.size)), x.size - 1, "")
+
+    def p(bound, side):
+        return stats.ttest_1samp(x, bound, alternative=side).pvalue
+
+    e = effect(est, +1, margin)
+    assert e.p_reproduce == pytest.approx(p(0.0, "greater")) and e.p_contradict == pytest.approx(p(margin, "less"))
+    neg = effect(Estimate(-est.mean, est.se, est.dof, ""), -1, margin)  # the same claim, signs flipped
+    assert (neg.p_reproduce, neg.p_contradict) == (pytest.approx(e.p_reproduce), pytest.approx(e.p_contradict))
+    tost = equivalent(est, margin)
+    assert tost.p_reproduce == pytest.approx(max(p(-margin, "greater"), p(margin, "less")))
+    assert tost.p_contradict == pytest.approx(min(1.0, 2 * min(p(margin, "greater"), p(-margin, "less"))))
+    na = not_above(est, margin)
+    assert na.p_reproduce == pytest.approx(p(margin, "less")) and na.p_contradict == pytest.approx(p(margin, "greater"))
+    # TOST at level α is the 1 − 2α interval inside (−δ, δ)
+    lo, hi = est.interval(0.05)
+    assert (tost.p_reproduce <= 0.05) == (-margin < lo and hi < margin)
+
+
+def test_intersection_union_bonferroni_and_holm():
+    from analysis.findings import Test
+
+    parts = [Test(0.01, 0.30), Test(0.04, 0.02), Test(0.03, 0.60)]
+    assert (all_of(parts).p_reproduce, all_of(parts).p_contradict) == (0.04, pytest.approx(0.06))
+    assert (any_of(parts).p_reproduce, any_of(parts).p_contradict) == (pytest.approx(0.03), 0.60)
+    # Holm by hand: sorted 0.001 ≤ .05/5, 0.011 ≤ .05/4, 0.02 > .05/3 stops
+    assert list(holm([0.02, 0.001, 0.5, 0.011, 0.04])) == [False, True, False, True, False]
+
+
+def test_best_of_accounts_for_the_selection_under_its_null():
+    """All seven k equal (one seed each, one baseline): "k = 50 is best" must be contradicted (another
+    k shown better) at most α of the time. Testing 50 against the best-looking rival without
+    correction, as before, said so ~10 % of the time."""
+    from analysis.findings import Ctx, _best_of
+
+    rng = np.random.default_rng(0)
+    noise = NoiseBook(1.0, 200, 0.8, 200)
+    x = Ctx({}, None, noise, 0.0)
+    contradicted = naive = 0
+    reps = 2000
+    for _ in range(reps):
+        g = rng.normal(0.0, 0.8, 7)
+        conds = {k: cond(_pairs([("s", f"k={k}", 0, v)]), str(k)) for k, v in zip((1, 3, 5, 10, 20, 50, 100), g)}
+        r = _best_of(x, conds, 50.0, "k")
+        contradicted += r.test.verdict() == CONTRADICTED
+        rival = max(v for k, v in zip((1, 3, 5, 10, 20, 50, 100), g) if k != 50)
+        naive += stats.t.sf((rival - g[5]) / (math.sqrt(2) * 0.8), 200) <= 0.05
+    mc = 3 * math.sqrt(0.05 * 0.95 / reps)
+    assert contradicted / reps <= 0.05 + mc and naive / reps > 0.1
 
 
 @pytest.fixture(scope="module")
@@ -179,15 +243,20 @@ def test_verdicts_on_planted_results(planted):
     assert noise.dof_seed > 0 and noise.sigma_seed == pytest.approx(np.std([0.0, 0.3, -0.2], ddof=1), abs=1e-6)
     assert noise.sigma_eps == pytest.approx(0.0, abs=1e-6)  # planted gains are exactly additive
     assert by["vanilla"].verdict == REPRODUCED and "+2.03%" in by["vanilla"].ours  # 2 + mean jitter
-    assert by["mse"].verdict == REPRODUCED
-    assert by["kld_nll"].verdict == REPRODUCED
-    assert by["top_k_best"].verdict == NOT_REPRODUCED and "best k = 10" in by["top_k_best"].ours
-    assert by["top_k_one"].verdict == NOT_REPRODUCED  # k = 1 hurts here
+    assert by["mse"].verdict == REPRODUCED and by["nll"].verdict == REPRODUCED
+    assert by["kld_nll"].verdict == NOT_TESTABLE and "identical by construction" in by["kld_nll"].note
+    assert by["top_k_best"].verdict == CONTRADICTED and "best k = 10" in by["top_k_best"].ours
+    assert by["top_k_one"].verdict == CONTRADICTED  # k = 1 hurts here
     assert by["student_size"].verdict == REPRODUCED
     assert by["long"].verdict == REPRODUCED
     assert by["alpha"].verdict == NOT_RUN and "alpha" in by["alpha"].note
-    assert all(f.evidence for f in findings if f.verdict != NOT_RUN)  # every verdict names its runs
+    assert all(f.evidence for f in findings if f.verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE))
     assert any("mini_kd_loss: loss=mse,seed=1" == e for e in by["mse"].evidence)
+    # every tested finding has its two p-values, a verdict after Holm, and its margin written next to it
+    for f in findings:
+        if f.verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE):
+            assert np.isfinite(f.p_reproduce) and np.isfinite(f.p_contradict) and f.holm
+            assert f"δ = {f.margin:g} pts" in f.test
 
 
 def test_a_run_named_twice_counts_once(planted):
@@ -199,12 +268,13 @@ def test_a_run_named_twice_counts_once(planted):
 def test_a_gain_that_shrinks_after_its_peak_does_not_level_off(tmp_path, planted):
     url, _ = planted
     noisy = {n: load_results(url, n) for n in ("mini_preliminary", "mini_kd_loss")}  # for the noise
-    curve = [(250_000, 4.0), (500_000, 5.5), (1_000_000, 4.0), (2_000_000, 2.0), (2_500_000, 1.7)]
+    curve = [(250_000, 4.0), (500_000, 5.5), (1_000_000, 4.0), (2_000_000, 2.0), (2_500_000, 0.5)]
     shr = build_db(tmp_path / "s.db", {"mini_long_training": [("student=d64l3", {"tokens": 2_500_000,
                                                                                 "curve": curve}, 0.0)]})
     findings, _ = check_findings({**noisy, "mini_long_training": load_results(shr, "mini_long_training")})
     long = next(f for f in findings if f.key == "long")
-    assert long.verdict == NOT_REPRODUCED and "peak +5.5% at 0.50M, end +1.7%" in long.ours
+    # the end (+0.5) is 2.5 pts below the plateau (+3.0, the second half before it) with δ = 1
+    assert long.verdict == CONTRADICTED and "plateau +3.0%, end +0.5%" in long.ours
 
 
 def test_gains_over_training(planted):
@@ -234,7 +304,8 @@ def test_suite_report_through_the_cli(planted, tmp_path):
     assert "Not run yet: " in text and "mini_alpha" in text  # studies of the folder not in the database
     assert "fig4_delta_vs_size_loss" in text and "fig3_delta_vs_top_k_loss" in text
     assert "The paper (Table 8)" in text and "The paper (Table 11)" in text
-    assert "| k = 50 is the best k |" in res.stdout and "not reproduced" in res.stdout
+    assert "| k = 50 is the best k |" in res.stdout and "| contradicted |" in res.stdout
+    assert "Holm over the" in res.stdout and "Holm over the" in text  # the family-wise control, next to the table
     assert "Beyond the paper: interactions" in text
     assert "top_k × temperature" in res.stdout and "+1.50 ± " in res.stdout  # 3.0 / 2
     assert "best cell: top_k=50,temperature=2" in res.stdout
@@ -265,7 +336,7 @@ def test_factorial_effects_match_a_hand_computation():
     assert eff.loc["alpha_kind", "estimate"] == pytest.approx(0.0)
     assert eff.loc["top_k × temperature", "estimate"] == pytest.approx(0.4)
     assert eff.loc["top_k × alpha_kind", "estimate"] == pytest.approx(0.0)
-    assert eff.loc["top_k", "half_width"] == pytest.approx(1.959964 * 0.2 * math.sqrt(4 / 8), rel=1e-5)
+    assert eff.loc["top_k", "half_width"] == pytest.approx(stats.t.ppf(0.975, 10) * 0.2 * math.sqrt(4 / 8))
     assert eff.loc["top_k", "verdict"] == "real" and eff.loc["alpha_kind", "verdict"] == "within noise"
 
 
@@ -304,5 +375,82 @@ def test_single_seed_intervals_use_their_own_student_noise():
     assert big.sigma_eps == big.sigma_seed  # no condition × seed layout of its own
     pooled = book.for_rows(pd.DataFrame({"student": ["d192l6"]}))  # no multi-seed runs: all sizes pooled
     assert pooled.sigma_seed == pytest.approx(book.sigma_seed) and pooled.dof_seed == 6
-    one = _gain(pd.DataFrame({"student": ["d64l3"], "gain_pct": [3.0], "seed": [0]}), book)
-    assert one.half == pytest.approx(1.959964 * 0.1, rel=1e-5)
+    one = gain(cond(pd.DataFrame({"student": ["d64l3"], "gain_pct": [3.0], "seed": [0]}), "x"), book)
+    assert one.se == pytest.approx(0.1) and one.dof == 4
+
+
+def test_noise_counts_each_distinct_run_once(tmp_path):
+    """The base run named by two studies and two trial ids, NLL bit-identical to KLD, and an α = 0
+    student identical to its baseline: each counted once (or not at all), as a hand computation on
+    the distinct runs says."""
+    jit = {0: 0.0, 1: 0.4, 2: -0.3}
+    studies = {
+        "mini_preliminary": [("base", {"seed": 0}, 4.0)]
+        + [(f"alpha=0.9,seed={s}", {"seed": s}, 4.0 + jit[s]) for s in (0, 1, 2)]
+        + [(f"alpha=1.0,seed={s}", {"seed": s, "alpha": 1.0}, 2.0 + 2 * jit[s]) for s in (0, 1, 2)],
+        "mini_kd_loss": [(f"loss={l},seed={s}", {"seed": s, "loss": l}, 4.0 + jit[s]) for l in ("kld", "nll")
+                         for s in (0, 1, 2)],
+        "mini_alpha": [(f"alpha=0,seed={s}", {"seed": s, "alpha": 0.0}, 0.0) for s in (0, 1, 2)],
+    }
+    url = build_db(tmp_path / "d.db", studies)
+    R = {n: load_results(url, n) for n in studies}
+    _, noise = check_findings(R)
+    # distinct: base (α = 0.9 = KLD, 3 seeds) and α = 1 (3 seeds); NLL duplicates KLD, α = 0 is its baseline
+    ss = sum(((v - np.mean(v)) ** 2).sum() for v in (np.array([4.0, 4.4, 3.7]), np.array([2.0, 2.8, 1.4])))
+    assert noise.dof_seed == 4 and noise.sigma_seed == pytest.approx(math.sqrt(ss / 4))
+    pairs = pd.concat([pd_pairs(r) for r in R.values()])
+    assert len(pairs) == 15 and estimate_noise(pairs).dof_seed == 4  # 15 named runs, 6 distinct ones
+    # two conditions × three baselines: (2 − 1)(3 − 1) residual dof
+    assert noise.dof_eps == 2
+
+
+def _suite(tmp_path, studies, noisy=True):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    url = build_db(tmp_path / "v.db", studies)
+    R = {n: load_results(url, n) for n in studies}
+    if noisy:  # three seeds of two conditions: σ_seed ≈ 0.25 pts at d64l3
+        jit = {0: 0.0, 1: 0.3, 2: -0.2}
+        nurl = build_db(tmp_path / "n.db", {"mini_preliminary": [(f"alpha={a},seed={s}", {"seed": s, "alpha": a},
+                                                                    g + jit[s] + (0.05 * s if a == 1 else 0))
+                                                                   for a, g in ((1.0, 2.0), (0.9, 4.0)) for s in (0, 1, 2)]})
+        R["mini_preliminary"] = load_results(nurl, "mini_preliminary")
+    return R
+
+
+def test_no_effect_claims_are_equivalence_tests_on_the_loss(tmp_path):
+    """tau_high and online_late are TOST on the held-out loss gain with their own margins: a τ ≥ 5
+    that hurts badly is a contradiction (it "passed" before), a late window at −3.0 % is beyond its
+    ±2 pt margin even though the paper's benchmark band (−3.9 %, +0.5 %) would overlap it, and one
+    near zero reproduces."""
+    R = _suite(tmp_path, {
+        "mini_temperature": [(f"temperature={t}", {"tau": t}, g) for t, g in ((1, 4.0), (5, -6.0), (10, -8.0))],
+        "mini_online_offline": [("window=last", {"source": "online", "window": "last"}, -3.0),
+                                ("offline", {}, 4.0)],
+    })
+    by = {f.key: f for f in check_findings(R)[0]}
+    assert by["tau_high"].verdict == CONTRADICTED
+    assert by["online_late"].verdict == CONTRADICTED and "not compared" in by["online_late"].note
+    R2 = _suite(tmp_path / "b", {"mini_online_offline": [("window=last", {"source": "online", "window": "last"}, 0.2)]})
+    late = next(f for f in check_findings(R2)[0] if f.key == "online_late")
+    assert late.verdict == REPRODUCED and late.margin == 2.0
+
+
+def test_verdicts_not_testable_and_inconclusive(tmp_path):
+    R = _suite(tmp_path, {
+        # two teachers; their quality comes from the teachers' own losses (set below)
+        "mini_teacher_size": [(f"student={st},teacher={t}", {"student": st, "teacher": t}, g)
+                              for st, d in (("d32l2", 0.1), ("d64l3", 0.3)) for t, g in (("t1", 3.0), ("t_big", 3.0 + d))],
+        # k = 50 ahead of the rest by less than the noise can tell
+        "mini_top_k": [(f"top_k={k}", {"top_k": k}, g) for k, g in ((20, 3.0), (50, 3.2))],
+    })
+    data = suite_data(R)
+    data.teachers = {"t1": {"num_params": 7.9e5, "val_loss": 4.42}, "t_big": {"num_params": 2.6e6, "val_loss": 4.40}}
+    by = {f.key: f for f in check_suite(data)[0]}
+    assert by["teacher_size"].verdict == NOT_TESTABLE and "equal quality" in by["teacher_size"].note
+    assert by["top_k_best"].verdict == INCONCLUSIVE
+    assert by["pd_star"].verdict == NOT_RUN and by["pd_star"].holm == ""
+    data.teachers["t_big"]["val_loss"] = 4.00  # now the bigger teacher is the better one
+    tsize = next(f for f in check_suite(data)[0] if f.key == "teacher_size")
+    # t over the two students' differences (+0.1, +0.3): upper bound below δ = 1
+    assert tsize.verdict == REPRODUCED and "t_big − t1 = +0.20" in tsize.ours
+    assert tsize.p_reproduce == pytest.approx(stats.ttest_1samp([0.1, 0.3], 1.0, alternative="less").pvalue)

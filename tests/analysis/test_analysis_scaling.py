@@ -77,7 +77,8 @@ def test_chinchilla_bootstrap_is_deterministic_and_covers_the_truth():
     N, D, L = _planted_chinchilla(0.01, seed=1)
     a = S.fit_chinchilla(N, D, L, method="varpro", bootstrap=40, seed=0)
     b = S.fit_chinchilla(N, D, L, method="varpro", bootstrap=40, seed=0)
-    assert a.intervals == b.intervals and a.samples.shape == (40, 5)
+    assert a.intervals == b.intervals and a.num_bootstrap == 40
+    assert a.samples.shape == (40 - a.bootstrap_failed, 5) and a.resample == "points"
     for k in ("E", "A", "B", "alpha", "beta"):
         lo, hi = a.intervals[k]
         assert lo <= a.params[k] <= hi or np.isclose(lo, a.params[k]) or np.isclose(hi, a.params[k])
@@ -195,3 +196,81 @@ def test_log_space_params_past_float_range_are_inf_not_an_error():
     assert sup["A"] == float("inf") and sup["B"] == pytest.approx(np.e) and sup["E"] == 1.0
     dis = _distillation_params([1.0, 900.0, 0.5, 0.4, 1.0, 0.0, 1.0, 0.1, 750.0])
     assert dis["B"] == float("inf") and dis["d1"] == float("inf") and dis["A"] == pytest.approx(np.e)
+
+
+def _runs_with_evaluations(seed=1):
+    """5 runs (one size each), each evaluated at 5 token counts; a run's evaluations share its seed's
+    offset (they move together), as a real run's do."""
+    rng = np.random.default_rng(seed)
+    N = np.repeat(np.geomspace(1e7, 3e9, 5), 5)
+    D = np.tile(np.geomspace(2e9, 2e11, 5), 5)
+    run = np.repeat(np.arange(5), 5)
+    L = S.chinchilla_law(N, D, **S.HOFFMANN_CHINCHILLA) * np.exp(rng.normal(0, 0.02, 5)[run]
+                                                                  + rng.normal(0, 0.003, N.size))
+    return N, D, L, run
+
+
+def test_cluster_bootstrap_copying_points_does_not_narrow_the_interval():
+    """Resampling runs: four copies of every evaluation give the same interval. Resampling points
+    treats the copies as independent evidence and narrows it."""
+    N, D, L, run = _runs_with_evaluations()
+    one = S.fit_chinchilla(N, D, L, bootstrap=30, seed=0, groups=run)
+    four = S.fit_chinchilla(*(np.tile(a, 4) for a in (N, D, L)), bootstrap=30, seed=0, groups=np.tile(run, 4))
+    assert one.resample == "runs" and one.bootstrap_failed == four.bootstrap_failed
+    for k in ("alpha", "beta", "E"):
+        assert four.intervals[k] == pytest.approx(one.intervals[k], rel=1e-4), k
+    pts = S.fit_chinchilla(N, D, L, bootstrap=30, seed=0)
+    pts4 = S.fit_chinchilla(*(np.tile(a, 4) for a in (N, D, L)), bootstrap=30, seed=0)
+    width = {k: np.diff(f.intervals["alpha"])[0] for k, f in (("runs", one), ("points", pts), ("points4", pts4))}
+    assert width["points4"] < 0.8 * width["points"] and width["points"] < width["runs"]
+
+
+def test_cluster_weights_resample_whole_clusters():
+    W = S.cluster_weights(6, ["a", "a", "b", "b", "b", "c"], 50, np.random.default_rng(0))
+    assert W.shape == (50, 6)
+    assert (W[:, 0] == W[:, 1]).all() and (W[:, 2] == W[:, 4]).all()  # a cluster's points weigh alike
+    assert (W[:, [0, 2, 5]].sum(1) == 3).all()  # three clusters drawn per resample
+
+
+def _distillation_data():
+    NN, DD = (a.ravel() for a in np.meshgrid(np.geomspace(5e7, 2e9, 4), np.geomspace(2e9, 5e10, 3)))
+    rng = np.random.default_rng(7)
+    L = S.supervised_law(NN, DD, **S.BUSBRIDGE_SUPERVISED) * np.exp(rng.normal(0, 0.003, NN.size))
+    T = np.repeat([1.9, 2.3, 2.8], NN.size)
+    N3, D3 = np.tile(NN, 3), np.tile(DD, 3)
+    L_tilde = S.supervised_law(N3, D3, **S.BUSBRIDGE_SUPERVISED)
+    L_S = S.distillation_law(N3, D3, T, L_tilde, **S.BUSBRIDGE_DISTILLATION) * np.exp(rng.normal(0, 0.003, N3.size))
+    return (NN, DD, L), (N3, D3, T, L_S)
+
+
+def test_distillation_bootstrap_refits_both_stages():
+    (NN, DD, L), (N3, D3, T, L_S) = _distillation_data()
+    sup = S.fit_supervised_law(NN, DD, L)
+    two = S.fit_distillation_law(N3, D3, T, L_S, supervised=sup, bootstrap=12, seed=0)
+    kept = two.num_bootstrap - two.bootstrap_failed
+    assert two.num_bootstrap == 12 and two.supervised_samples.shape == (kept, 6) and kept > 0
+    assert np.ptp(two.supervised_samples[:, list(sup.params).index("E")]) > 0  # the first stage moves
+    lo, hi = two.predict_interval(N3[:3], D3[:3], T[:3])
+    assert np.all(lo <= hi)
+    fixed = S.fit_distillation_law(N3, D3, T, L_S, supervised=dict(sup.params), bootstrap=12, seed=0)
+    assert fixed.supervised_samples is None  # published constants: nothing to refit
+
+
+def test_bootstrap_refits_that_do_not_converge_are_counted_and_left_out(monkeypatch):
+    real = S._batched_lbfgs
+
+    def half_fail(*args, **kwargs):
+        X, f, g, conv = real(*args, **kwargs)
+        conv = conv.copy()
+        conv[::2] = False
+        return X, f, g, conv
+
+    monkeypatch.setattr(S, "_batched_lbfgs", half_fail)
+    rng = np.random.default_rng(3)
+    N = np.geomspace(1e6, 1e10, 10)
+    fit = S.fit_power_law(N, S.power_law(N, E=1.7, A=300.0, alpha=0.3) * np.exp(rng.normal(0, 0.01, 10)),
+                          bootstrap=20)
+    assert fit.num_bootstrap == 20 and fit.bootstrap_failed == 10 and fit.samples.shape == (10, 3)
+    from analysis.report import bootstrap_text
+
+    assert "10 of 20 refits did not converge" in bootstrap_text(fit)
