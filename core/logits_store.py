@@ -1,30 +1,47 @@
-"""The logits store on disk: codecs, shard files, manifest, the crash-safe writer and the reader.
+"""The logits store on disk: shard files, manifest, the crash-safe writer and the reader.
 
-Layout of a store directory (format version 1)::
+Layout of a store directory::
 
     manifest.json        identity, parameters, encodings, counts, and per-shard row ranges,
-                         sizes and sha256 (written atomically after every shard)
+                         sizes, sha256 and (format 2) distortion (written atomically after
+                         every shard)
     shard-00000.bin      items [first_item, first_item + num_items) of the store
     ...
 
 An *item* is a packed sequence (offline store: item id = sequence id) or a capture entry
 (online store: item id = position in capture order). Every item owns ``seq_len`` consecutive
 *rows* (row = one token position: item i owns rows [i*T, (i+1)*T)), and every row keeps a
-variable number of *entries* (token index, log-probability), sorted by probability.
+variable number of *entries* (token index, log-probability); a reader returns them sorted by
+probability.
 
-Shard file: ``MAGIC`` (8 bytes), header length (uint64 little-endian), the header (canonical
-JSON: section table and shard metadata), then 64-byte-aligned sections:
+Shard file: a magic (8 bytes: ``PDLOGIT1`` or ``PDLOGIT2``, the format version), header length
+(uint64 little-endian), the header (canonical JSON: section table and shard metadata), then
+64-byte-aligned sections. Both formats have
 
     item_entry_offsets  int64  (num_items + 1,)   first entry of each item, relative to the shard
-    counts              uint8  (num_rows,)        entries kept per row (uint16 if k_max > 255)
     stats               float32 (num_stats, num_rows)  entropy, std, log_u_<gamma>... per row
-    values              uint16 (num_entries,)     log-probability codes, see ``encode_values``
-    indices             uint8  packed token ids, see ``IndexCodec``
     sequence_ids, steps int64  (num_items,)       online stores only: what each entry captured
 
-Entry cost: 16 bits of value plus ceil(n*log2 V)/n bits of index, n token ids packed per
-mixed-radix group (n = 3 at V = 151,552: 52 bits per 3 ids, 17.33 bits per id instead of 18),
-so 33.33 bits = 4.167 bytes per entry, plus 1 byte per row and 8 bytes per item.
+**Format 1** (exact; ``core.logits_codec`` has the codes) adds, rows in probability order:
+
+    counts              uint8  (num_rows,)        entries kept per row (uint16 if k_max > 255)
+    values              uint16 (num_entries,)     log-probability codes, step 2**-11 nats
+    indices             uint8  packed token ids, ~log2 V bits each (``IndexCodec``)
+
+33.33 bits = 4.167 bytes per entry at V = 151,552, plus 1 byte per row and 8 bytes per item.
+
+**Format 2** (compact; values to a declared bound, see ``core.logits_codec``) adds
+
+    item_extra_bit_offsets  int64 (num_items + 1,)  first extra bit of each item
+    frame_offsets       int64  (3 * num_frames + 1,)  byte ranges of the zstd frames
+    frames              uint8  per group of items_per_frame items: zstd frames of the row
+                               counts, the gap symbols and the value codes
+    extra_bits          uint8  the gaps' extra bits, one little-endian bit stream
+    id_table            uint8  (optional) token ids by frequency rank, packed as IndexCodec
+
+Each shard's record in the manifest holds its value scale and its distortion: the mean,
+99.9th percentile and maximum over rows of KL(exact || stored), both renormalised over the
+row's kept entries (``LogitsStore.distortion`` sums them up).
 """
 from __future__ import annotations
 
@@ -41,14 +58,34 @@ import numpy as np
 import torch
 
 from core.config import Truncation
+from core.logits_codec import (
+    DEFAULT_TARGET_KL,
+    DEFAULT_ZSTD_LEVEL,
+    MAX_GAP_VOCAB,
+    MAX_VALUE_SCALE,
+    MIN_LOGPROB,
+    VALUE_MAX_ABS_ERROR,
+    VALUE_STEP,
+    EntryDecoder,
+    IndexCodec,
+    concat_ranges,
+    count_dtype,
+    decode_values,
+    encode_entries,
+    encode_values,
+    zstandard,
+)
 from core.logits_math import kept_counts, stat_keys
 from core.types import SparseTeacherBatch
 from core.utils import atomic_write_text
 
 FORMAT_NAME = "pdspace-logits-store"
-FORMAT_VERSION = 1
+#: Formats this code reads and writes: 1 (exact 16-bit values) and 2 (compact, bounded error).
+FORMAT_VERSIONS = (1, 2)
+#: Format of a new store when the writer is not told (a resumed store keeps its own).
+DEFAULT_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-MAGIC = b"PDLOGIT1"
+MAGICS = {1: b"PDLOGIT1", 2: b"PDLOGIT2"}
 _ALIGN = 64
 
 #: Manifest fields a run may pin with ``LogitsStore.open(path, expect=...)`` (equality).
@@ -70,206 +107,51 @@ class StoreCorruptError(StoreError):
     """A shard is missing, truncated or altered (the message names the file)."""
 
 
-# --------------------------------------------------------------------------------------------
-# value code: uint16, linear in the log-probability
-# --------------------------------------------------------------------------------------------
-
-#: Quantisation step of the stored log-probabilities (nats). A power of two: scaling is exact.
-VALUE_STEP = 2.0**-11
-#: The largest code for a finite value; code 65535 is -inf (probability exactly 0).
-MAX_FINITE_CODE = 65534
-NEG_INF_CODE = 65535
-#: The smallest storable log-probability, -31.999 (p = 1.3e-14); smaller ones are stored as it.
-MIN_LOGPROB = -MAX_FINITE_CODE * VALUE_STEP
-#: Largest round-trip error of a log-probability in [MIN_LOGPROB, 0]: half a step, 2.44e-4
-#: nats, i.e. every kept probability is exact to a relative 2.44e-4.
-VALUE_MAX_ABS_ERROR = VALUE_STEP / 2
-
-
-def encode_values(logprobs: np.ndarray) -> np.ndarray:
-    """Log-probabilities (<= 0) -> uint16 codes round(-logprob / VALUE_STEP).
-
-    Codes are monotone, so a row sorted by probability stays sorted. Values above 0 (float
-    rounding of a near-certain token) are stored as 0; values below MIN_LOGPROB as MIN_LOGPROB.
-    """
-    lp = np.asarray(logprobs, dtype=np.float32)
-    if np.isnan(lp).any():
-        raise ValueError("cannot store NaN log-probabilities")
-    codes = np.rint(np.clip(lp * np.float32(-1.0 / VALUE_STEP), 0, MAX_FINITE_CODE))
-    codes = codes.astype(np.uint16)
-    codes[np.isneginf(lp)] = NEG_INF_CODE
-    return codes
-
-
-def decode_values(codes: np.ndarray) -> np.ndarray:
-    """uint16 codes -> float32 log-probabilities (exact: code * 2**-11 is a float32)."""
-    out = codes.astype(np.float32)
-    out *= np.float32(-VALUE_STEP)
-    neg_inf = codes == NEG_INF_CODE
-    if neg_inf.any():
-        out[neg_inf] = -np.inf
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# index code: mixed-radix groups of token ids, bit-packed
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class IndexCodec:
-    """Token ids packed ``per_group`` at a time as one base-V number of ``group_bits`` bits.
-
-    Group g holds ids ``e = g*n + j`` (j = 0..n-1) as ``sum_j id_e * V**j`` and sits at bit
-    ``g * group_bits`` of a little-endian bit stream (bit b of the stream is bit b % 8 of byte
-    b // 8). ``per_group`` is chosen in 1..3 to minimise bits per id with groups of at most 57
-    bits (n = 3 at V = 151,552: 52 bits per 3 ids; n = 1 when V is a power of two). The stream
-    is whole little-endian 64-bit words plus one zero word: a group is read with two aligned
-    word loads and shifts, written with one unaligned 8-byte read-modify-write.
-    """
-
-    vocab_size: int
-    per_group: int
-    group_bits: int
-
-    @classmethod
-    def for_vocab(cls, vocab_size: int) -> "IndexCodec":
-        if vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
-        best = None
-        for n in (1, 2, 3):
-            bits = max(1, (vocab_size**n - 1).bit_length())
-            if bits <= 57 and (best is None or bits / n < best[1] / best[0] - 1e-12):
-                best = (n, bits)
-        if best is None:
-            raise ValueError(f"vocab_size {vocab_size} is too large to store (max 2**57)")
-        return cls(vocab_size, best[0], best[1])
-
-    @property
-    def bits_per_index(self) -> float:
-        return self.group_bits / self.per_group
-
-    def nbytes(self, num_entries: int) -> int:
-        """Stream size: whole 64-bit words, plus one zero word so that reads never run past."""
-        num_groups = -(-num_entries // self.per_group)
-        return (-(-num_groups * self.group_bits // 64) + 1) * 8
-
-    def encode(self, indices: np.ndarray) -> np.ndarray:
-        """(E,) ids in [0, V) -> packed uint8 stream of ``nbytes(E)`` bytes."""
-        ids = np.asarray(indices)
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
-            raise ValueError(f"token ids must be in [0, {self.vocab_size})")
-        n, bits = self.per_group, self.group_bits
-        num_groups = -(-ids.size // n)
-        digits = np.zeros(num_groups * n, dtype=np.uint64)
-        digits[: ids.size] = ids
-        digits = digits.reshape(num_groups, n)
-        words = digits[:, n - 1].copy()
-        for j in range(n - 2, -1, -1):
-            words = words * np.uint64(self.vocab_size) + digits[:, j]
-        out = np.zeros(self.nbytes(ids.size), dtype=np.uint8)
-        window = _unaligned_u64(out)
-        bitpos = np.arange(num_groups, dtype=np.uint64) * np.uint64(bits)
-        byte = (bitpos >> np.uint64(3)).astype(np.intp)
-        shifted = words << (bitpos & np.uint64(7))
-        # Groups `phases` apart never share a byte of their 8-byte windows, so each phase is
-        # written with one vectorised read-modify-write.
-        phases = -(-64 // bits)
-        for m in range(phases):
-            window[byte[m::phases]] |= shifted[m::phases]
-        return out
-
-    def decode_ranges(self, stream: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
-                      entries: np.ndarray | None = None) -> np.ndarray:
-        """Ids of entries [starts[i], starts[i] + lengths[i]) for every i, concatenated, int64.
-
-        ``entries``: ``concat_ranges(starts, lengths)`` when the caller already has it.
-        """
-        n = self.per_group
-        if n == 1:
-            if entries is None:
-                entries = concat_ranges(starts, lengths)
-            return self._groups(stream, entries).astype(np.int64)
-        starts = np.asarray(starts, dtype=np.int64)
-        lengths = np.asarray(lengths, dtype=np.int64)
-        nonempty = lengths > 0
-        starts, lengths = starts[nonempty], lengths[nonempty]
-        if starts.size == 0:
-            return np.zeros(0, dtype=np.int64)
-        first_group = starts // n
-        num_groups = (starts + lengths - 1) // n + 1 - first_group
-        words = self._groups(stream, concat_ranges(first_group, num_groups))
-        digits = np.empty((words.size, n), dtype=np.uint64)
-        vocab = np.uint64(self.vocab_size)
-        for j in range(n - 1):
-            words, digits[:, j] = np.divmod(words, vocab)
-        digits[:, n - 1] = words
-        # position of each range's first entry inside the decoded digits
-        group_offset = np.cumsum(num_groups) - num_groups
-        first = group_offset * n + (starts - first_group * n)
-        return digits.reshape(-1)[concat_ranges(first, lengths)].astype(np.int64)
-
-    def _groups(self, stream: np.ndarray, groups: np.ndarray) -> np.ndarray:
-        """The group_bits-bit words of groups ``groups`` (int64), as uint64.
-
-        Each word lies within two consecutive aligned 64-bit words of the stream: two aligned
-        gathers, then shifts (``(hi << 1) << (63 - s)`` avoids an undefined shift by 64).
-        """
-        words = stream.view("<u8")
-        bitpos = np.asarray(groups, dtype=np.int64) * self.group_bits
-        index = bitpos >> 6
-        shift = (bitpos & 63).astype(np.uint64)
-        lo = words[index]
-        index += 1
-        hi = words[index]
-        lo >>= shift
-        hi <<= np.uint64(1)
-        hi <<= np.uint64(63) - shift
-        lo |= hi
-        lo &= np.uint64((1 << self.group_bits) - 1)
-        return lo
-
-
-def _unaligned_u64(buf: np.ndarray) -> np.ndarray:
-    """A uint64 view starting at every byte of ``buf`` (len(buf) - 7 overlapping words)."""
-    return np.ndarray((buf.size - 7,), dtype="<u8", buffer=buf, strides=(1,))
-
-
-def concat_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """concatenate(arange(s, s + l) for s, l in zip(starts, lengths)), vectorised, int64."""
-    starts = np.asarray(starts, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    begins = np.cumsum(lengths) - lengths
-    return np.arange(total, dtype=np.int64) + np.repeat(starts - begins, lengths)
-
-
-def count_dtype(k_max: int) -> np.dtype:
-    return np.dtype(np.uint8 if k_max <= 255 else np.uint16 if k_max <= 65535 else np.uint32)
-
-
-def encoding_spec(vocab_size: int, k_max: int) -> dict:
-    """The manifest's description of every on-disk dtype and code."""
-    codec = IndexCodec.for_vocab(vocab_size)
+def encoding_spec(vocab_size: int, k_max: int, version: int = 1, *,
+                  target_kl: float = DEFAULT_TARGET_KL, zstd_level: int = DEFAULT_ZSTD_LEVEL) -> dict:
+    """The manifest's description of every on-disk dtype and code of a format."""
+    common = {"counts": np.dtype(count_dtype(k_max)).name, "stats": "float32",
+              "item_entry_offsets": "int64"}
+    if version == 1:
+        codec = IndexCodec.for_vocab(vocab_size)
+        return {
+            "index": {
+                "code": "mixed-radix groups of per_group ids, bit-packed little-endian",
+                "per_group": codec.per_group,
+                "group_bits": codec.group_bits,
+                "bits_per_index": codec.bits_per_index,
+            },
+            "value": {
+                "dtype": "uint16",
+                "code": "round(-logprob / step); 65535 = -inf",
+                "step": VALUE_STEP,
+                "min_logprob": MIN_LOGPROB,
+                "max_abs_error": VALUE_MAX_ABS_ERROR,
+            },
+            **common,
+        }
+    if version != 2:
+        raise ValueError(f"logits store format version must be one of {FORMAT_VERSIONS}, got {version!r}")
     return {
         "index": {
-            "code": "mixed-radix groups of per_group ids, bit-packed little-endian",
-            "per_group": codec.per_group,
-            "group_bits": codec.group_bits,
-            "bits_per_index": codec.bits_per_index,
+            "code": "per row: ids (or their per-shard frequency ranks, id_table) ascending; each "
+                    "gap one byte (the gap below 128, else its bit length and next 3 bits; zstd) "
+                    "plus raw extra bits",
         },
         "value": {
-            "dtype": "uint16",
-            "code": "round(-logprob / step); 65535 = -inf",
-            "step": VALUE_STEP,
-            "min_logprob": MIN_LOGPROB,
-            "max_abs_error": VALUE_MAX_ABS_ERROR,
+            "dtype": "uint8",
+            "code": "p' = p / (row's kept mass); c = min(floor(sqrt(p') * S), S - 1), read as "
+                    "((c + 0.5) / S)**2, each row rescaled to its stored kept mass; S per shard "
+                    f"(<= {MAX_VALUE_SCALE}), the smallest meeting target_kl",
+            "max_sqrt_prob_error": "1 / (2 S), on the renormalised probabilities",
+            "kept_mass": "uint16 per row: round(logit(kept mass) / 2**-8) + 2**15; kept and dropped "
+                         "mass to a relative 2**-9",
+            "target_kl": float(target_kl),
+            "kl": "KL(exact || stored), each row renormalised over its kept entries, nats per row; "
+                  "kl_tail: with the dropped mass as one more outcome",
         },
-        "counts": np.dtype(count_dtype(k_max)).name,
-        "stats": "float32",
-        "item_entry_offsets": "int64",
+        "compression": {"codec": "zstd", "level": int(zstd_level)},
+        **common,
     }
 
 
@@ -282,7 +164,8 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.bin"
 
 
-def _write_shard_file(path: Path, sections: list[tuple[str, np.ndarray]], meta: dict) -> tuple[int, str]:
+def _write_shard_file(path: Path, sections: list[tuple[str, np.ndarray]], meta: dict,
+                      version: int) -> tuple[int, str]:
     """Write sections to ``path`` under a temporary name, fsync, rename. Returns (bytes, sha256)."""
     table, offset = {}, 0
     for name, arr in sections:
@@ -290,9 +173,9 @@ def _write_shard_file(path: Path, sections: list[tuple[str, np.ndarray]], meta: 
         table[name] = {"offset": offset, "nbytes": arr.nbytes, "dtype": arr.dtype.str,
                        "shape": list(arr.shape)}
         offset += arr.nbytes
-    header = json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION, "meta": meta,
+    header = json.dumps({"format": FORMAT_NAME, "version": version, "meta": meta,
                          "sections": table}, sort_keys=True, separators=(",", ":")).encode()
-    prefix = MAGIC + len(header).to_bytes(8, "little") + header
+    prefix = MAGICS[version] + len(header).to_bytes(8, "little") + header
     data_start = -(-len(prefix) // _ALIGN) * _ALIGN
     digest = hashlib.sha256()
     tmp = path.with_name(path.name + ".tmp")
@@ -320,13 +203,17 @@ def _write_shard_file(path: Path, sections: list[tuple[str, np.ndarray]], meta: 
 class _Shard:
     """A memory-mapped shard: its header and zero-copy views of its sections."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, version: int):
         self.path = path
         self.buf = np.memmap(path, dtype=np.uint8, mode="r")
-        if self.buf[:8].tobytes() != MAGIC:
-            raise StoreCorruptError(f"logits store shard {path} does not start with {MAGIC!r}.")
+        if self.buf[:8].tobytes() != MAGICS[version]:
+            raise StoreCorruptError(f"logits store shard {path} does not start with "
+                                    f"{MAGICS[version]!r} (format {version}, as its manifest says).")
         header_len = int.from_bytes(self.buf[8:16].tobytes(), "little")
-        header = json.loads(self.buf[16 : 16 + header_len].tobytes())
+        try:
+            header = json.loads(self.buf[16 : 16 + header_len].tobytes())
+        except ValueError:
+            raise StoreCorruptError(f"logits store shard {path} has an unreadable header.") from None
         data_start = -(-(16 + header_len) // _ALIGN) * _ALIGN
         self.meta = header["meta"]
         self.sections: dict[str, np.ndarray] = {}
@@ -338,6 +225,7 @@ class _Shard:
             # plain ndarray views: indexing a np.memmap subclass costs more per call
             array = raw.view(np.ndarray).view(np.dtype(spec["dtype"]))
             self.sections[name] = array.reshape(spec["shape"])
+        self.decoder: EntryDecoder | None = None  # format 2: set by the store on first use
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,28 +256,54 @@ class LogitsStoreWriter:
     complete shard (the shards are verified first); one with another header is refused.
     Temporary files and shard files the manifest does not list (a crash between the rename
     and the manifest update) are removed, so a resumed run rewrites them identically.
+
+    format_version: 1 (exact 16-bit values, 4.17 bytes per entry at V = 151,552) or 2 (compact:
+    values to a declared bound, see ``core.logits_codec``); None: the format of the store being
+    resumed, else ``DEFAULT_FORMAT_VERSION``. target_kl (format 2): each shard's value scale is
+    the smallest whose mean KL(exact || stored) per position is <= target_kl (nats; None: the
+    resumed store's, else ``DEFAULT_TARGET_KL``). zstd_level (format 2): likewise.
     """
 
-    def __init__(self, path: str | os.PathLike, header: dict):
+    def __init__(self, path: str | os.PathLike, header: dict, *, format_version: int | None = None,
+                 target_kl: float | None = None, zstd_level: int | None = None):
         self.path = Path(path)
         required = {"kind", "seq_len", "vocab_size", "p_max", "k_max", "gammas"}
         missing = required - header.keys()
         if missing:
             raise ValueError(f"store header lacks {sorted(missing)}")
         Truncation(float(header["p_max"]), int(header["k_max"]))  # the store's maximum must be a rule
+        old = read_manifest(self.path) if (self.path / MANIFEST_NAME).exists() else None
+        if format_version is None:
+            format_version = (old or {}).get("format_version", DEFAULT_FORMAT_VERSION)
+        if format_version not in FORMAT_VERSIONS:
+            raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got {format_version!r}")
+        if format_version == 2 and int(header["vocab_size"]) > MAX_GAP_VOCAB:
+            raise ValueError(f"format 2 stores vocabularies of at most {MAX_GAP_VOCAB} tokens, not "
+                             f"{header['vocab_size']}; use format_version=1")
+        old_encoding = (old or {}).get("encoding") or {}
+        if target_kl is None:
+            target_kl = old_encoding.get("value", {}).get("target_kl", DEFAULT_TARGET_KL)
+        if zstd_level is None:
+            zstd_level = old_encoding.get("compression", {}).get("level", DEFAULT_ZSTD_LEVEL)
+        if not float(target_kl) > 0:
+            raise ValueError(f"target_kl must be > 0, got {target_kl}")
+        self.format_version = int(format_version)
+        self.target_kl, self.zstd_level = float(target_kl), int(zstd_level)
         self.header = dict(header)
         self.header["k_max"] = min(int(header["k_max"]), int(header["vocab_size"]))
         self.header["gammas"] = [float(g) for g in header["gammas"]]
         self.header["stat_keys"] = stat_keys(self.header["gammas"])
-        self.header["encoding"] = encoding_spec(header["vocab_size"], self.header["k_max"])
+        self.header["encoding"] = encoding_spec(header["vocab_size"], self.header["k_max"],
+                                                self.format_version, target_kl=self.target_kl,
+                                                zstd_level=self.zstd_level)
         self.codec = IndexCodec.for_vocab(int(header["vocab_size"]))
         self.count_dtype = count_dtype(self.header["k_max"])
         self.seq_len = int(header["seq_len"])
         self.shards: list[dict] = []
         self.complete = False
         self.path.mkdir(parents=True, exist_ok=True)
-        if (self.path / MANIFEST_NAME).exists():
-            self._resume(read_manifest(self.path))
+        if old is not None:
+            self._resume(old)
         else:
             self._write_manifest()
 
@@ -405,7 +319,7 @@ class LogitsStoreWriter:
     def manifest(self) -> dict:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.format_version,
             **self.header,
             "complete": self.complete,
             "num_items": self.num_items,
@@ -421,11 +335,14 @@ class LogitsStoreWriter:
         ours = json.loads(json.dumps(self.header))  # the JSON types the file holds
         keys = (set(ours) | set(old)) - _MANIFEST_STATE_KEYS
         diffs = sorted(k for k in keys if ours.get(k) != old.get(k))
-        if diffs or old.get("format_version") != FORMAT_VERSION:
-            k = diffs[0] if diffs else "format_version"
+        if old.get("format_version") != self.format_version:
+            diffs.insert(0, "format_version")
+            ours["format_version"] = self.format_version
+        if diffs:
+            k = diffs[0]
             raise StoreMismatchError(
                 f"{self.path} already holds a logits store made with {k}={old.get(k)!r}, not "
-                f"{ours.get(k, FORMAT_VERSION)!r}; use another directory or delete it."
+                f"{ours.get(k)!r}; use another directory or delete it."
             )
         self.shards = list(old["shards"])
         self.complete = bool(old["complete"])
@@ -454,9 +371,12 @@ class LogitsStoreWriter:
         """Append one shard of whole items.
 
         counts: (R,) entries per row, R a multiple of seq_len; indices: (E,) token ids and
-        logprobs: (E,) float log-probabilities (or ``codes``: (E,) uint16, already encoded),
-        rows' entries concatenated in row order; stats: (num_stats, R) float32 in
-        ``stat_keys`` order; online stores also pass sequence_ids and steps, (R / seq_len,).
+        logprobs: (E,) float log-probabilities (or ``codes``: (E,) uint16, format 1's codes),
+        rows' entries concatenated in row order, each row sorted by probability (format 2
+        accepts any order within a row; ids must be distinct within a row); stats:
+        (num_stats, R) float32 in ``stat_keys`` order; online stores also pass sequence_ids
+        and steps, (R / seq_len,). Format 2 measures its distortion against ``logprobs``, or
+        against the values ``codes`` hold (within 2.44e-4 nats of the exact ones).
         """
         if self.complete:
             raise StoreError(f"logits store {self.path} is complete; it takes no more shards.")
@@ -469,37 +389,64 @@ class LogitsStoreWriter:
             raise ValueError(f"row counts must be in [1, {self.header['k_max']}]")
         num_items = num_rows // self.seq_len
         num_entries = int(counts.sum())
-        if codes is None:
-            codes = encode_values(logprobs)
-        codes = np.asarray(codes, dtype=np.uint16)
         indices = np.asarray(indices)
-        if codes.size != num_entries or indices.size != num_entries:
+        num_values = (codes if codes is not None else np.asarray(logprobs)).size
+        if num_values != num_entries or indices.size != num_entries:
             raise ValueError(f"counts sum to {num_entries} entries but got {indices.size} "
-                             f"indices and {codes.size} values")
+                             f"indices and {num_values} values")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.header["vocab_size"]):
+            raise ValueError(f"token ids must be in [0, {self.header['vocab_size']})")
         keys = self.header["stat_keys"]
         stats = np.asarray(stats, dtype=np.float32).reshape(len(keys), num_rows)
-        item_counts = counts.reshape(num_items, self.seq_len).sum(axis=1, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(item_counts)]).astype(np.int64)
-        sections = [
-            ("item_entry_offsets", offsets),
-            ("counts", counts.astype(self.count_dtype)),
-            ("stats", stats),
-            ("values", codes),
-            ("indices", self.codec.encode(indices)),
-        ]
+        meta = {"first_item": self.num_items, "num_items": num_items, "num_rows": num_rows,
+                "num_entries": num_entries}
+        extra_record = {}
+        if self.format_version == 1:
+            if codes is None:
+                codes = encode_values(logprobs)
+            item_counts = counts.reshape(num_items, self.seq_len).sum(axis=1, dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(item_counts)]).astype(np.int64)
+            sections = [
+                ("item_entry_offsets", offsets),
+                ("counts", counts.astype(self.count_dtype)),
+                ("stats", stats),
+                ("values", np.asarray(codes, dtype=np.uint16)),
+                ("indices", self.codec.encode(indices)),
+            ]
+        else:
+            reference = "float32" if codes is None else "format-1 codes (2.44e-4 nats)"
+            values = decode_values(np.asarray(codes, dtype=np.uint16)) if codes is not None else logprobs
+            encoded = encode_entries(counts, indices, values, vocab_size=int(self.header["vocab_size"]),
+                                     seq_len=self.seq_len, k_max=int(self.header["k_max"]),
+                                     target_kl=self.target_kl, level=self.zstd_level)
+            named = dict(encoded.sections)
+            sections = [(name, named.pop(name)) for name in
+                        ("item_entry_offsets", "item_extra_bit_offsets", "frame_offsets")]
+            sections.append(("stats", stats))
+            sections.extend(named.items())
+            meta.update(encoded.meta)
+            kl, kl_tail = encoded.kl, encoded.kl_tail
+            extra_record = {
+                "value_scale": encoded.meta["value_scale"],
+                "id_table_size": encoded.meta["id_table_size"],
+                # percentiles as the inverted CDF: the largest shard's then bounds the store's
+                "distortion": {"mean_kl": float(kl.mean()),
+                               "p999_kl": float(np.percentile(kl, 99.9, method="inverted_cdf")),
+                               "max_kl": float(kl.max()), "mean_kl_tail": float(kl_tail.mean()),
+                               "p999_kl_tail": float(np.percentile(kl_tail, 99.9, method="inverted_cdf")),
+                               "reference": reference},
+            }
         if self.header["kind"] == "online":
             if sequence_ids is None or steps is None:
                 raise ValueError("an online store's shard needs sequence_ids and steps")
             sections.append(("sequence_ids", np.asarray(sequence_ids, dtype=np.int64).reshape(num_items)))
             sections.append(("steps", np.asarray(steps, dtype=np.int64).reshape(num_items)))
         first_item = self.num_items
-        meta = {"first_item": first_item, "num_items": num_items, "num_rows": num_rows,
-                "num_entries": num_entries}
         name = shard_name(len(self.shards))
-        nbytes, sha = _write_shard_file(self.path / name, sections, meta)
+        nbytes, sha = _write_shard_file(self.path / name, sections, meta, self.format_version)
         record = {"file": name, "first_item": first_item, "num_items": num_items,
                   "first_row": first_item * self.seq_len, "num_rows": num_rows,
-                  "num_entries": num_entries, "bytes": nbytes, "sha256": sha}
+                  "num_entries": num_entries, "bytes": nbytes, "sha256": sha, **extra_record}
         if self.header["kind"] == "online":
             record["first_step"] = int(np.min(steps))
             record["last_step"] = int(np.max(steps))
@@ -574,6 +521,8 @@ class LogitsStore:
         self.num_items: int = int(manifest["num_items"])
         self.num_rows: int = int(manifest["num_rows"])
         self.num_entries: int = int(manifest["num_entries"])
+        self.format_version: int = int(manifest["format_version"])
+        """1: exact 16-bit values; 2: compact, values to a declared bound (``distortion``)."""
         self.codec = IndexCodec.for_vocab(self.vocab_size)
         self._records = manifest["shards"]
         self._first_items = np.array([s["first_item"] for s in self._records], dtype=np.int64)
@@ -592,11 +541,14 @@ class LogitsStore:
         """
         path = Path(path)
         manifest = read_manifest(path)
-        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") != FORMAT_VERSION:
+        if manifest.get("format") != FORMAT_NAME or manifest.get("format_version") not in FORMAT_VERSIONS:
             raise StoreMismatchError(
                 f"logits store {path} has format {manifest.get('format')!r} version "
-                f"{manifest.get('format_version')!r}; this reader reads {FORMAT_NAME!r} version "
-                f"{FORMAT_VERSION}.")
+                f"{manifest.get('format_version')!r}; this reader reads {FORMAT_NAME!r} versions "
+                f"{', '.join(map(str, FORMAT_VERSIONS))}.")
+        if manifest.get("format_version") == 2 and zstandard is None:
+            raise StoreError(f"logits store {path} is in format 2, which needs the 'zstandard' "
+                             f"package (pip install zstandard).")
         if not manifest.get("complete") and not allow_incomplete:
             raise StoreError(f"logits store {path} is incomplete (its extraction or capture did "
                              f"not finish); finish or re-run it first.")
@@ -627,6 +579,34 @@ class LogitsStore:
             "mean_entries_per_token": self.num_entries / max(self.num_rows, 1),
         }
 
+    @property
+    def distortion(self) -> dict | None:
+        """What storing the values cost, per position (row), or None for a format-1 store
+        (values exact to 2**-12 nats: at most ~3e-8 nats of KL).
+
+        ``mean_kl``: mean over rows of KL(exact || stored), each row's distribution renormalised
+        over its kept entries (nats); ``p999_kl``: the largest of the shards' 99.9th percentiles
+        (an upper bound on the store's); ``max_kl``: the largest row's; ``mean_kl_tail``: the
+        mean with the dropped mass as one more outcome (what a tail-bucket loss sees);
+        ``target_kl``: the bound each shard's mean was written to; ``value_scales``: the shards'
+        smallest and largest S (renormalised probabilities p: |sqrt(p') - sqrt(p)| <= 1 / (2 S)).
+        """
+        if self.format_version == 1:
+            return None
+        records = [r for r in self._records if "distortion" in r]
+        rows = sum(r["num_rows"] for r in records)
+        if not records:
+            return {"mean_kl": 0.0, "p999_kl": 0.0, "max_kl": 0.0, "mean_kl_tail": 0.0,
+                    "target_kl": self.manifest["encoding"]["value"]["target_kl"], "value_scales": []}
+        return {
+            "mean_kl": sum(r["distortion"]["mean_kl"] * r["num_rows"] for r in records) / rows,
+            "p999_kl": max(r["distortion"]["p999_kl"] for r in records),
+            "max_kl": max(r["distortion"]["max_kl"] for r in records),
+            "mean_kl_tail": sum(r["distortion"]["mean_kl_tail"] * r["num_rows"] for r in records) / rows,
+            "target_kl": self.manifest["encoding"]["value"]["target_kl"],
+            "value_scales": [min(r["value_scale"] for r in records), max(r["value_scale"] for r in records)],
+        }
+
     # -- low-level access -----------------------------------------------------------------
     def _shard(self, s: int) -> _Shard:
         shard = self._shards.get(s)
@@ -642,7 +622,16 @@ class LogitsStore:
                         raise StoreCorruptError(
                             f"logits store shard {file} is {file.stat().st_size} bytes, not the "
                             f"{record['bytes']} its manifest records (truncated or overwritten).")
-                    shard = self._shards[s] = _Shard(file)
+                    shard = _Shard(file, self.format_version)
+                    if self.format_version == 2:
+                        try:
+                            shard.decoder = EntryDecoder(shard.sections, shard.meta,
+                                                         vocab_size=self.vocab_size,
+                                                         seq_len=self.seq_len, k_max=self.keeps.top_k)
+                        except (KeyError, ValueError, IndexError) as exc:
+                            raise StoreCorruptError(f"logits store shard {file} cannot be read "
+                                                    f"({exc}).") from None
+                    self._shards[s] = shard
         return shard
 
     def _check_ids(self, ids) -> np.ndarray:
@@ -662,15 +651,12 @@ class LogitsStore:
             out[sel] = self._shard(int(s)).sections[name][ids[sel] - self._first_items[s]]
         return out
 
-    def decode(self, ids) -> DecodedRows:
-        """The stored rows of items ``ids`` (sequence ids offline, entry ids online)."""
-        ids = self._check_ids(ids)
-        T = self.seq_len
-        n = ids.size
+    def _locate(self, ids: np.ndarray):
+        """Shards of items ``ids``: [(positions in ids, shard-local ids, shard)], their stats
+        {key: (n, T)} and entry counts (n,)."""
+        T, n = self.seq_len, ids.size
         shard_of = np.searchsorted(self._first_items, ids, side="right") - 1
-        counts = np.empty((n, T), dtype=np.int64)
         stats = np.empty((len(self.stat_keys), n, T), dtype=np.float32)
-        starts = np.empty(n, dtype=np.int64)
         lengths = np.empty(n, dtype=np.int64)
         parts = []
         for s in np.unique(shard_of):
@@ -678,29 +664,73 @@ class LogitsStore:
             sel = np.flatnonzero(shard_of == s)
             local = ids[sel] - self._first_items[s]
             offsets = shard.sections["item_entry_offsets"]
-            starts[sel], lengths[sel] = offsets[local], offsets[local + 1] - offsets[local]
+            lengths[sel] = offsets[local + 1] - offsets[local]
+            rows = (local[:, None] * T + np.arange(T)).reshape(-1)
+            stats[:, sel] = shard.sections["stats"][:, rows].reshape(len(self.stat_keys), -1, T)
+            parts.append((sel, local, shard))
+        return parts, {k: stats[i] for i, k in enumerate(self.stat_keys)}, lengths
+
+    def decode(self, ids) -> DecodedRows:
+        """The stored rows of items ``ids`` (sequence ids offline, entry ids online), each row's
+        entries by descending probability (format 2: ties by lower id)."""
+        ids = self._check_ids(ids)
+        parts, stats, lengths = self._locate(ids)
+        if self.format_version == 1:
+            counts, indices, logprobs = self._decode_v1(parts, lengths)
+        else:
+            counts, indices, logprobs = self._decode_v2(parts, ids.size)
+            keep = np.arange(indices.shape[1]) < counts.reshape(-1, 1)
+            indices, logprobs = indices[keep], logprobs[keep]
+        return DecodedRows(counts, indices, logprobs, stats)
+
+    def _decode_v1(self, parts, lengths):
+        T, n = self.seq_len, lengths.size
+        counts = np.empty((n, T), dtype=np.int64)
+        starts = np.empty(n, dtype=np.int64)
+        for sel, local, shard in parts:
+            starts[sel] = shard.sections["item_entry_offsets"][local]
             rows = (local[:, None] * T + np.arange(T)).reshape(-1)
             counts[sel] = shard.sections["counts"][rows].reshape(-1, T)
-            stats[:, sel] = shard.sections["stats"][:, rows].reshape(len(self.stat_keys), -1, T)
-            parts.append((sel, shard))
-        out_begin = np.cumsum(lengths) - lengths
-        total = int(lengths.sum())
         if len(parts) == 1 and np.array_equal(parts[0][0], np.arange(n)):
-            shard = parts[0][1]
+            shard = parts[0][2]
             entries = concat_ranges(starts, lengths)
             indices = self.codec.decode_ranges(shard.sections["indices"], starts, lengths, entries)
             codes = shard.sections["values"][entries]
         else:
-            indices = np.empty(total, dtype=np.int64)
-            codes = np.empty(total, dtype=np.uint16)
-            for sel, shard in parts:
+            out_begin = np.cumsum(lengths) - lengths
+            indices = np.empty(int(lengths.sum()), dtype=np.int64)
+            codes = np.empty(indices.size, dtype=np.uint16)
+            for sel, _, shard in parts:
                 dest = concat_ranges(out_begin[sel], lengths[sel])
                 entries = concat_ranges(starts[sel], lengths[sel])
                 indices[dest] = self.codec.decode_ranges(
                     shard.sections["indices"], starts[sel], lengths[sel], entries)
                 codes[dest] = shard.sections["values"][entries]
-        return DecodedRows(counts, indices, decode_values(codes),
-                           {k: stats[i] for i, k in enumerate(self.stat_keys)})
+        return counts, indices, decode_values(codes)
+
+    def _decode_v2(self, parts, n: int):
+        """Format 2: (counts (n, T), indices (n*T, W), logprobs (n*T, W)), rows sorted, padded."""
+        T = self.seq_len
+        decoded = []
+        for sel, local, shard in parts:
+            try:
+                decoded.append((sel, shard.decoder.decode_rows(local)))
+            except (zstandard.ZstdError, ValueError, IndexError) as exc:
+                raise StoreCorruptError(f"logits store shard {shard.path} cannot be decoded "
+                                        f"({exc}); verify() checks every shard.") from None
+        if len(decoded) == 1 and np.array_equal(decoded[0][0], np.arange(n)):
+            counts, indices, logprobs = decoded[0][1]
+            return counts.reshape(n, T), indices, logprobs
+        width = max(d[1][1].shape[1] for d in decoded)
+        counts = np.empty((n, T), dtype=np.int64)
+        indices = np.zeros((n * T, width), dtype=np.int64)
+        logprobs = np.full((n * T, width), -np.inf, dtype=np.float32)
+        for sel, (part_counts, part_ids, part_lp) in decoded:
+            counts[sel] = part_counts.reshape(-1, T)
+            rows = (sel[:, None] * T + np.arange(T)).reshape(-1)
+            indices[rows, : part_ids.shape[1]] = part_ids
+            logprobs[rows, : part_lp.shape[1]] = part_lp
+        return counts, indices, logprobs
 
     # -- derived truncation ---------------------------------------------------------------
     def resolve(self, truncation: Truncation | None) -> Truncation:
@@ -716,32 +746,39 @@ class LogitsStore:
         ``truncation``: a rule the store covers (default: what it keeps). Rows keep the smallest
         prefix reaching top_p, capped at top_k; the rest is padding (index 0, logprob -inf).
         With the stored top_p the stored cut is used as is (exact). With a smaller top_p the cut is
-        recomputed on the stored log-probabilities, whose probabilities are exact to a relative
-        2.44e-4 (VALUE_MAX_ABS_ERROR): it equals the cut made on the original logits unless one
+        recomputed on the stored log-probabilities: in format 1 they are exact to a relative
+        2.44e-4 (VALUE_MAX_ABS_ERROR), so it equals the cut made on the original logits unless one
         of the row's first top_k prefixes has a true cumulative mass that close (relatively) to
-        top_p. Tensors are on the CPU (not pinned); the caller moves them.
+        top_p; in format 2 sqrt(p) is exact to 1 / (2 S) (``distortion``), and a smaller top_k or
+        top_p may also swap entries whose stored probabilities tie. Tensors are on the CPU (not
+        pinned); the caller moves them.
         """
         t = self.resolve(truncation)
         ids = self._check_ids(ids)
-        rows = self.decode(ids)
-        indices, logprobs = self.dense(rows, t)
+        if self.format_version == 1:
+            rows = self.decode(ids)
+            indices, logprobs = self.dense(rows, t)
+            stats = rows.stats
+        else:  # rows come out of the decoder sorted and padded: only the cuts are left
+            parts, stats, _ = self._locate(ids)
+            _, indices, logprobs = self._decode_v2(parts, ids.size)
+            indices, logprobs = self._cut(indices, logprobs, t)
         shape = (ids.size, self.seq_len, t.top_k)
         return SparseTeacherBatch(
             torch.from_numpy(indices.reshape(shape)),
             torch.from_numpy(logprobs.reshape(shape)),
-            {key: torch.from_numpy(v) for key, v in rows.stats.items()},
+            {key: torch.from_numpy(v) for key, v in stats.items()},
         )
 
     def dense(self, rows: DecodedRows, truncation: Truncation | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decoded rows truncated at ``truncation``, as (R, top_k) int64 indices and float32
         log-probabilities (padding: 0, -inf), R = rows.counts.size. See ``batch``."""
         t = self.resolve(truncation)
-        p, k = t.top_p, t.top_k
         counts = rows.counts.reshape(-1)
         num_rows = counts.size
         # scatter the stored rows into a dense (rows, width) layout, width = k when no stored
         # row is longer (the common case), else k_max and cut to k after
-        width = k if num_rows == 0 or counts.max() <= k else self.keeps.top_k
+        width = t.top_k if num_rows == 0 or counts.max() <= t.top_k else self.keeps.top_k
         row_begin = np.cumsum(counts) - counts
         dest = np.arange(counts.sum(), dtype=np.int64)
         dest += np.repeat(np.arange(num_rows, dtype=np.int64) * width - row_begin, counts)
@@ -749,8 +786,18 @@ class LogitsStore:
         logprobs = np.full((num_rows, width), -np.inf, dtype=np.float32)
         indices.reshape(-1)[dest] = rows.indices
         logprobs.reshape(-1)[dest] = rows.logprobs
-        if width != k:
+        return self._cut(indices, logprobs, t)
+
+    def _cut(self, indices: np.ndarray, logprobs: np.ndarray, t: Truncation) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted, padded rows (R, width) -> (R, t.top_k), then the top-p cut when t.top_p is
+        below the stored one."""
+        p, k = t.top_p, t.top_k
+        width = indices.shape[1]
+        if width > k:
             indices, logprobs = indices[:, :k].copy(), logprobs[:, :k].copy()
+        elif width < k:
+            indices = np.pad(indices, ((0, 0), (0, k - width)))
+            logprobs = np.pad(logprobs, ((0, 0), (0, k - width)), constant_values=-np.inf)
         if p < self.keeps.top_p:
             # the top-p rule (core.logits_math.kept_counts) on the stored log-probabilities
             drop = np.arange(k)[None, :] >= kept_counts(logprobs, t)[:, None]
@@ -947,13 +994,46 @@ class StoreTeacher:
             self._loader = None
 
 
+def convert_store(src: str | os.PathLike, dst: str | os.PathLike, *, format_version: int = 2,
+                  target_kl: float | None = None, zstd_level: int | None = None) -> Path:
+    """Rewrite the complete store ``src`` into ``dst`` in ``format_version``; returns dst.
+
+    Same identity, truncation, stats and (online) capture fields, shard by shard with the same
+    items per shard; ``src`` is verified first. Resumable: a ``dst`` left by an interrupted
+    conversion continues after its last shard. Converting a format-1 store to format 2
+    measures the distortion against its 16-bit values (within 2.44e-4 nats of the exact ones).
+    """
+    store = LogitsStore.open(src)
+    store.verify()
+    skip = _MANIFEST_STATE_KEYS | {"encoding", "stat_keys"}
+    header = {k: v for k, v in store.manifest.items() if k not in skip}
+    writer = LogitsStoreWriter(dst, header, format_version=format_version, target_kl=target_kl,
+                               zstd_level=zstd_level)
+    if writer.complete:
+        return writer.path
+    for record in store._records[writer.num_shards:]:
+        ids = np.arange(record["first_item"], record["first_item"] + record["num_items"])
+        rows = store.decode(ids)
+        stats = np.stack([rows.stats[k].reshape(-1) for k in store.stat_keys]) if store.stat_keys \
+            else np.zeros((0, ids.size * store.seq_len), dtype=np.float32)
+        extra = {}
+        if store.kind == "online":
+            extra = {"sequence_ids": store.entry_sequence_ids(ids), "steps": store.entry_steps(ids)}
+        # a format-1 source passes its codes: format 2 then measures against its 16-bit values
+        values = {"codes": encode_values(rows.logprobs)} if store.format_version == 1 else {}
+        writer.write_shard(rows.counts.reshape(-1), rows.indices, None if values else rows.logprobs,
+                           stats, **values, **extra)
+    return writer.finalize()
+
+
 def kept_stats(store: LogitsStore, truncation: Truncation | None = None, *, max_rows: int = 1 << 20) -> dict:
     """Kept-logits statistics of a truncation derived from a store.
 
     Uses every item when the store has at most ``max_rows`` rows, else ``ceil(max_rows / T)``
     items evenly spaced over the store (deterministic). Sizes are those of a store written at
-    (top_p, top_k) in this format: entries at bits_per_index + 16 bits, one count per row, an
+    (top_p, top_k) in format 1: entries at bits_per_index + 16 bits, one count per row, an
     int64 entry offset per item; stats (float32 per row and statistic) are reported apart.
+    (A format-2 store's size depends on its entries: ``LogitsStore.storage()`` measures it.)
     ``capped_frac``: rows whose top_p prefix was cut by top_k (for k = k_max, counts of a
     top-p-inf truncation are lower bounds on those rows).
     """
