@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from core.config import Truncation
+from core.config import LogitsStoreConfig, Truncation
 from core.logits_math import stat_keys, truncate_and_stats
 from core.logits_store import LogitsStoreWriter, StoreError, encode_values
 from core.types import SparseTeacherBatch
@@ -193,8 +193,8 @@ def extract_logits(
     split: str = "train",
     keeps: Truncation = Truncation(),
     gammas: Sequence[float] = DEFAULT_GAMMAS,
-    batch_size: int = 16,
-    shard_tokens: int = 1 << 20,
+    batch_size: int = LogitsStoreConfig.batch_size,
+    shard_tokens: int = LogitsStoreConfig.shard_tokens,
     device: str | torch.device | None = None,
     teacher_id: str = "",
     teacher_hash: str = "",
@@ -306,7 +306,7 @@ class OnlineCapture:
         tokenizer_hash: str = "",
         data_hash: str = "",
         split: str = "train",
-        shard_tokens: int = 1 << 20,
+        shard_tokens: int = LogitsStoreConfig.shard_tokens,
         background: bool = True,
     ):
         header = {

@@ -90,7 +90,7 @@ def test_extraction_from_an_array_of_sequences(tmp_path, model):
     assert torch.equal(store.batch(np.arange(4)).indices, idx)
     # a complete store is returned at once
     assert extract_logits(model, seqs, tmp_path / "a", keeps=Truncation(1.0, 8), gammas=[],
-                          batch_size=5, num_sequences=4, **HASHES) == path
+                          batch_size=5, shard_tokens=1 << 20, num_sequences=4, **HASHES) == path
 
 
 class Interrupt(Exception):
