@@ -358,6 +358,12 @@ class LogitsStoreConfig:
     """Token positions per store shard (the unit of crash-safe resumption)."""
     batch_size: PosInt = setting(16, since=1, identity=False)
     """Sequences per teacher forward pass during extraction (throughput only)."""
+    format_version: Literal[1, 2] = setting(1)
+    """1: exact 16-bit log-probs (4.2 bytes per entry at V = 151,552); 2: compact (sorted ids with
+    gap and zstd coding, sqrt(p) in one byte; ~1-2.1 bytes per entry), its KL distortion measured
+    per shard and reported (core.logits_store)."""
+    target_kl: PosFloat = setting(5e-4)
+    """Format 2: the mean KL(exact || stored) per position each shard's value scale must meet (nats)."""
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -195,6 +195,8 @@ def extract_logits(
     gammas: Sequence[float] = DEFAULT_GAMMAS,
     batch_size: int = LogitsStoreConfig.batch_size,
     shard_tokens: int = LogitsStoreConfig.shard_tokens,
+    format_version: int = LogitsStoreConfig.format_version,
+    target_kl: float = LogitsStoreConfig.target_kl,
     device: str | torch.device | None = None,
     teacher_id: str = "",
     teacher_hash: str = "",
@@ -244,7 +246,7 @@ def extract_logits(
             "autocast": "bf16" if isinstance(_autocast(device, model), torch.autocast) else None,
         },
     }
-    writer = LogitsStoreWriter(out_dir, header)
+    writer = LogitsStoreWriter(out_dir, header, format_version=format_version, target_kl=target_kl)
     if writer.complete:
         return writer.path
     total = source.num_sequences

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from orchestrator.identity import logits_unit_hash, unit_hash
 CPU_FLOPS_PER_S = 4.0e10  # one trial on one CPU core, fp32, measured range 3-6e10 (CPU_SCALE.md)
 GPU_PEAK_FLOPS = 989e12  # H100 SXM dense bf16
 GPU_MFU = 0.40
-LOGITS_STORE_BYTES_PER_ENTRY = 4.25  # at V = 151,552: 18-bit index + 16-bit value
+LOGITS_STORE_BYTES_PER_ENTRY = {1: 4.25, 2: 2.1}
+"""Bytes per stored entry at V = 151,552 by store format: 18-bit index + 16-bit value; format 2
+measured 1.0-2.1 (bench/logits_store.py; 2.1 without a shard's shared-id rank table)."""
 EST_KEPT_PER_TOKEN = 25  # the paper's ~150 bytes/token at top-0.95-100; CPU teachers keep more
 
 
@@ -173,7 +176,8 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
             est.update(_memory(inference_memory(footprint, vocab, seq_len, batch, size=tspec.get("size"),
                                                 on_gpu=resources["gpus"] > 0)))
         kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
-        est["store_bytes"] = (spec.config["num_tokens"] or 0) * kept * LOGITS_STORE_BYTES_PER_ENTRY
+        est["store_bytes"] = ((spec.config["num_tokens"] or 0) * kept
+                              * LOGITS_STORE_BYTES_PER_ENTRY[spec.config.get("format_version", 1)])
         logits_hash = logits_unit_hash(spec.config_hash, spec.config["num_tokens"])
         logits_units[name] = Unit(kind="logits", trial_id=f"logits:{name}", config=spec.config,
                                   config_hash=logits_hash, deps=tuple(deps), resources=one_worker,
@@ -334,7 +338,30 @@ def format_plan(plan: Plan, db_url: str | None = None) -> str:
         lines.append(f"to run: ~{_duration(total_s)} of single-core compute (at {CPU_FLOPS_PER_S:.0e} FLOP/s "
                      f"per trial), ~{_duration(total_s / slots)} with {slots} trials at once, plus start-up")
     lines += _memory_lines(plan)
+    lines += _store_lines(plan)
     return "\n".join(lines)
+
+
+def _store_lines(plan: Plan) -> list[str]:
+    """The format of each logits store, and the distortion a compact store measured (its manifest)."""
+    root = Path(os.environ.get("PDSPACE_HOME") or "artifacts")  # as core.utils.artifacts_root, not created
+    out = []
+    for u in plan.units:
+        if u.kind != "logits":
+            continue
+        version = u.config.get("format_version", 1)
+        text = f"{u.trial_id}: store format {version}" + (
+            " (exact 16-bit values)" if version == 1 else f" (compact; target mean KL {u.config.get('target_kl', 5e-4):g})")
+        manifest = root / "logits" / u.config_hash / "store" / "manifest.json"
+        if version == 2 and manifest.exists():
+            records = [r for r in json.loads(manifest.read_text()).get("shards", []) if r.get("distortion")]
+            rows = sum(r["num_rows"] for r in records)
+            if rows:
+                mean = sum(r["distortion"]["mean_kl"] * r["num_rows"] for r in records) / rows
+                p999 = max(r["distortion"]["p999_kl"] for r in records)
+                text += f"; measured KL(exact || stored): mean {mean:.2e}, p99.9 {p999:.2e} nats per position"
+        out.append(text)
+    return out
 
 
 def _memory_cell(e: dict) -> str:

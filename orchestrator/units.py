@@ -185,7 +185,7 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
     num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
     path = extract_logits(
         model, data, out_dir / "store", split="train", keeps=store.keeps, gammas=store.gammas,
-        batch_size=store.batch_size,
+        batch_size=store.batch_size, format_version=store.format_version, target_kl=store.target_kl,
         shard_tokens=store.shard_tokens, device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
         teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
         num_sequences=num_sequences,
@@ -216,7 +216,10 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
                      **{key: st[key] for key in ("mean_kept_per_token", "bytes_per_token", "mean_kept_mass",
                                                  "capped_frac", "sampled_rows")}})
     rec.kept_stats(rows)
-    rec.metrics({"step": 0, "tokens": num_tokens, "store_bytes": store.storage()["bytes"]})
+    row = {"step": 0, "tokens": num_tokens, "store_bytes": store.storage()["bytes"]}
+    if store.distortion is not None:  # a compact (format 2) store reports what it lost
+        row.update(store_mean_kl=store.distortion["mean_kl"], store_p999_kl=store.distortion["p999_kl"])
+    rec.metrics(row)
 
 
 def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:

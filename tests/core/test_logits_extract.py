@@ -231,3 +231,17 @@ def test_live_teacher_memoize_runs_each_batch_once(model):
         assert torch.equal(batch.indices, ref.indices) and torch.equal(batch.logprobs, ref.logprobs)
         assert all(torch.equal(batch.stats[k], ref.stats[k]) for k in ref.stats)
     assert torch.equal(changed.indices, other.indices) and torch.equal(changed.logprobs, other.logprobs)
+
+
+def test_extraction_writes_a_compact_store_with_its_distortion(tmp_path, model):
+    seqs = FakePackedData(seed=5).sequences("train", np.arange(6))
+    exact = extract_logits(model, seqs, tmp_path / "v1", keeps=Truncation(0.95, 30), gammas=[], batch_size=3,
+                           num_sequences=6, **HASHES)
+    compact = extract_logits(model, seqs, tmp_path / "v2", keeps=Truncation(0.95, 30), gammas=[], batch_size=3,
+                             num_sequences=6, format_version=2, target_kl=1e-3, **HASHES)
+    v1, v2 = LogitsStore.open(exact), LogitsStore.open(compact)
+    v2.verify()
+    assert v1.distortion is None and 0 <= v2.distortion["mean_kl"] <= 1e-3
+    a, b = v1.batch(np.arange(6)), v2.batch(np.arange(6))
+    assert torch.equal(a.indices.sort(-1).values, b.indices.sort(-1).values)  # the same kept id sets
+    assert v2.storage()["bytes"] < v1.storage()["bytes"]

@@ -62,6 +62,7 @@ VALUES: dict[type, dict[str, tuple]] = {
     },
     LogitsStoreConfig: {
         "top_p_max": (0.99, {}), "top_k_max": (200, {}), "gammas": ([0.5, 0.8], {}), "shard_tokens": (65_536, {}),
+        "format_version": (2, {}), "target_kl": (1e-3, {}),
         "batch_size": (4, {}),
     },
 }
