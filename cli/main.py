@@ -164,20 +164,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     from results import results_frame
 
     frame = results_frame(_db(args, must_exist=True), args.study)
-    if args.format == "csv":
-        frame.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        print(frame.to_json(orient="records", indent=2))
-    elif args.format == "parquet":
+    if args.format == "parquet":
         if not args.out:
             raise UsageError("--format parquet needs --out FILE")
         frame.to_parquet(args.out, index=False)
         print(f"wrote {args.out}")
-    else:
-        import pandas as pd
-
-        with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-            print(frame.fillna("").to_string(index=False))
+        return 0
+    _print_frame(frame.fillna("") if args.format == "table" else frame, args.format)
+    if args.format == "table":
         from orchestrator.run import lm_eval_hint
 
         hint = lm_eval_hint(_db(args), args.study, _artifacts())
@@ -215,19 +209,23 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from results import query
 
-    frame = query(_db(args, must_exist=True), args.sql)
-    if args.format == "csv":
+    _print_frame(query(_db(args, must_exist=True), args.sql), args.format)
+    return 0
+
+
+def _print_frame(frame: Any, fmt: str) -> None:
+    """A frame on stdout as csv, json (records) or a plain table."""
+    import pandas as pd
+
+    if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
+    elif fmt == "json":
         print(frame.to_json(orient="records", indent=2))
     else:
         with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
             print(frame.to_string(index=False))
-    return 0
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
