@@ -55,7 +55,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from core.config import FUSED_LOSS_ABOVE_BYTES
+from core.config import FUSED_LOSS_ABOVE_BYTES, EvalConfig, Truncation
 from core.sizes import ModelSize, get_size, param_counts
 
 GB = 1e9
@@ -191,10 +191,10 @@ def training_memory(
     bf16: bool = True,
     on_gpu: bool = True,
     fused: bool | None = None,
-    eval_batch_size: int = 16,
-    heldout_sequences: int = 64,
+    eval_batch_size: int = EvalConfig.batch_size,
+    heldout_sequences: int = EvalConfig.heldout_sequences,
     teacher: TeacherFootprint | None = None,
-    teacher_top_k: int = 100,
+    teacher_top_k: int = Truncation.top_k,
 ) -> MemoryEstimate:
     """Peak bytes on one device of a run training ``size`` (see the module docstring).
 
