@@ -34,7 +34,7 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 import annotated_types as at
 
 __all__ = ["ConfigError", "setting", "check_fields", "build", "config_dict", "identity_dict", "field_docs", "in_bounds",
-           "bounds_of", "bounds_text", "unwrap", "yaml_name", "fmt_value", "EXECUTION_KEY"]
+           "bounds_text", "show_value", "unwrap", "yaml_name", "fmt_value", "EXECUTION_KEY"]
 
 EXECUTION_KEY = "execution"
 """Where a config dict keeps the settings that change no result (``identity=False``): left out
@@ -100,10 +100,6 @@ def unwrap(annotation: Any) -> tuple[Any, list[Any]]:
     return annotation, bounds
 
 
-def bounds_of(annotation: Any) -> list[Any]:
-    return unwrap(annotation)[1]
-
-
 def bounds_text(bounds: list[Any]) -> str:
     """'must be in (0, 1]', 'must be >= 1', ... for a list of Gt/Ge/Lt/Le."""
     lo = next(((b.gt, True) for b in bounds if isinstance(b, at.Gt)), None) or \
@@ -134,7 +130,8 @@ def in_bounds(value: Any, bounds: list[Any]) -> bool:
     return True
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as it reads in an error message: strings quoted, long values cut."""
     text = repr(value) if isinstance(value, str) else fmt_value(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
@@ -159,16 +156,16 @@ def _check_value(value: Any, annotation: Any, where: str) -> None:
     origin = get_origin(tp)
     if origin is Literal:
         if value not in get_args(tp):
-            raise ConfigError(where, f"must be one of {', '.join(map(str, get_args(tp)))} (got {_show(value)})")
+            raise ConfigError(where, f"must be one of {', '.join(map(str, get_args(tp)))} (got {show_value(value)})")
         return
     if origin in (tuple, list):
         expected = tuple if origin is tuple else list
         if not isinstance(value, (tuple, list)):
-            raise ConfigError(where, f"must be a {expected.__name__} (got {_show(value)})")
+            raise ConfigError(where, f"must be a {expected.__name__} (got {show_value(value)})")
         args = get_args(tp)
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(where, f"must hold {len(args)} values (got {_show(value)})")
+                raise ConfigError(where, f"must hold {len(args)} values (got {show_value(value)})")
             for i, (v, a) in enumerate(zip(value, args)):
                 _check_value(v, a, f"{where}[{i}]")
         elif args:
@@ -177,7 +174,7 @@ def _check_value(value: Any, annotation: Any, where: str) -> None:
         return
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, tp):
-            raise ConfigError(where, f"must be a {tp.__name__} (got {_show(value)})")
+            raise ConfigError(where, f"must be a {tp.__name__} (got {show_value(value)})")
         return
     if tp is bool:
         ok = isinstance(value, bool)
@@ -190,9 +187,9 @@ def _check_value(value: Any, annotation: Any, where: str) -> None:
     else:
         ok = isinstance(value, tp)
     if not ok:
-        raise ConfigError(where, f"must be {getattr(tp, '__name__', tp)} (got {_show(value)})")
+        raise ConfigError(where, f"must be {getattr(tp, '__name__', tp)} (got {show_value(value)})")
     if bounds and not in_bounds(value, bounds):
-        raise ConfigError(where, f"{bounds_text(bounds)} (got {_show(value)})")
+        raise ConfigError(where, f"{bounds_text(bounds)} (got {show_value(value)})")
 
 
 @lru_cache(maxsize=None)
@@ -262,7 +259,7 @@ def build(cls: type, data: Mapping[str, Any] | Any) -> Any:
     if isinstance(data, cls):
         return data
     if not isinstance(data, Mapping):
-        raise ConfigError("", f"{cls.__name__} must be given as a mapping (got {_show(data)})")
+        raise ConfigError("", f"{cls.__name__} must be given as a mapping (got {show_value(data)})")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     if EXECUTION_KEY in data:
         data = {**{k: v for k, v in data.items() if k != EXECUTION_KEY}, **data[EXECUTION_KEY]}

@@ -27,7 +27,7 @@ from core.config import (DataSpec, EvalConfig, KDConfig, LogitsStoreConfig, NonN
                          Truncation)
 from core.config import NonNegFloat as _NonNegFloat
 from core.schedules import ALPHA_KINDS, AlphaScheduleConfig
-from core.settings import bounds_text, build, field_docs, fmt_value, in_bounds, unwrap, yaml_name
+from core.settings import bounds_text, build, field_docs, fmt_value, in_bounds, show_value, unwrap, yaml_name
 from core.sizes import MODEL_SIZES
 
 __all__ = ["Study", "RunConfig", "TeacherConfig", "DataConfig", "KDLossConfig", "EvalSection", "LogitsConfig",
@@ -37,10 +37,7 @@ __all__ = ["Study", "RunConfig", "TeacherConfig", "DataConfig", "KDLossConfig", 
 fmt = fmt_value
 
 
-def show(value: Any) -> str:
-    """A value as it reads in an error message: strings quoted, long values cut."""
-    text = repr(value) if isinstance(value, str) else fmt(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+show = show_value
 
 
 def did_you_mean(word: Any, options: typing.Iterable[str]) -> str:
