@@ -33,7 +33,7 @@ from typing import Any, Literal, Mapping, Union, get_args, get_origin
 
 import annotated_types as at
 
-__all__ = ["ConfigError", "setting", "check_fields", "build", "config_dict", "identity_dict", "field_docs", "in_bounds",
+__all__ = ["ConfigError", "setting", "check_fields", "build", "build_from", "study_excluded", "config_dict", "identity_dict", "field_docs", "in_bounds",
            "bounds_text", "show_value", "unwrap", "yaml_name", "fmt_value", "EXECUTION_KEY"]
 
 EXECUTION_KEY = "execution"
@@ -274,6 +274,18 @@ def build(cls: type, data: Mapping[str, Any] | Any) -> Any:
         return cls(**kwargs)
     except TypeError as exc:  # a required field is missing
         raise ConfigError("", f"{cls.__name__}: {exc}") from None
+
+
+def build_from(cls: type, mapping: Mapping[str, Any]) -> Any:
+    """``cls`` from the keys of a larger config dict that name its fields (and its
+    ``EXECUTION_KEY`` part): a unit config holds several configs side by side."""
+    names = {f.name for f in dataclasses.fields(cls)} | {EXECUTION_KEY}
+    return build(cls, {k: v for k, v in mapping.items() if k in names})
+
+
+def study_excluded(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls`` a study does not set in its section (``in_study=False``)."""
+    return tuple(f.name for f in dataclasses.fields(cls) if not f.metadata.get("in_study", True))
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

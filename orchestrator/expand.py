@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 from core.config import LM_ONLY_ALPHA, EvalConfig, KDConfig, LogitsStoreConfig, TrainConfig, Truncation
-from core.settings import config_dict
+from core.settings import config_dict, study_excluded
 from core.utils import DATA_FORMAT_VERSION
 from orchestrator.errors import StudyError
 from orchestrator.identity import CONFIG_VERSION, unit_hash
@@ -95,7 +95,7 @@ def train_config(section: RunConfig | TeacherConfig, *, lm_only: bool = False) -
 def _training_dict(train: TrainConfig, study: Study, *, drop: tuple[str, ...] = ()) -> dict:
     """A run's data, training and evaluation settings as its unit config holds them."""
     trained = config_dict(train)
-    for name in ("eval_every_tokens", "device") + drop:  # set by the eval section / the worker
+    for name in study_excluded(TrainConfig) + drop:  # set by the eval section / the worker
         trained.pop(name, None)
     return {
         "data": data_config(study),

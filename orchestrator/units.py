@@ -3,7 +3,7 @@ train a student or its LM-only baseline, evaluate. No ray and no study parsing h
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from core.config import LM_ONLY_ALPHA, EvalConfig, LogitsStoreConfig, TrainConfig, Truncation
-from core.settings import EXECUTION_KEY, build, config_dict
+from core.settings import build, build_from, config_dict
 from orchestrator.recorder import RunRecorder
 
 Runner = Callable[[dict[str, Any], Path, str, RunRecorder, str], None]
@@ -92,16 +92,11 @@ def _evaluator(cfg: dict[str, Any], data: Any, artifacts: str, device: str, *,
 # What a worker builds from a unit's resolved config: core's own config objects, read back with
 # core.settings.build (a setting added to core arrives here with no edit).
 
-_TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig)) | {EXECUTION_KEY}
-
-
 def train_config(cfg: dict[str, Any], device: str) -> TrainConfig:
     """The TrainConfig of a teacher, student or baseline unit (the evaluation interval is the
     eval section's, the device the worker's)."""
-    fields = {k: v for k, v in cfg.items() if k in _TRAIN_KEYS}
-    fields.setdefault("kd", None)  # a teacher has no KD term
-    fields.setdefault("alpha_schedule", config_dict(LM_ONLY_ALPHA))
-    return replace(build(TrainConfig, fields), eval_every_tokens=cfg["eval"]["every_tokens"], device=device)
+    train = build_from(TrainConfig, {"kd": None, "alpha_schedule": config_dict(LM_ONLY_ALPHA), **cfg})
+    return replace(train, eval_every_tokens=cfg["eval"]["every_tokens"], device=device)  # a teacher: no KD
 
 
 def eval_config(cfg: dict[str, Any]) -> EvalConfig:
@@ -110,14 +105,12 @@ def eval_config(cfg: dict[str, Any]) -> EvalConfig:
 
 def store_config(cfg: dict[str, Any]) -> LogitsStoreConfig:
     """The LogitsStoreConfig of a logits unit."""
-    names = {f.name for f in fields(LogitsStoreConfig)} | {EXECUTION_KEY}
-    return build(LogitsStoreConfig, {k: v for k, v in cfg.items() if k in names})
+    return build_from(LogitsStoreConfig, cfg)
 
 
 def truncation(cfg: dict[str, Any]) -> Truncation:
     """The Truncation a student reads from its teacher's store."""
-    names = {f.name for f in fields(Truncation)}
-    return build(Truncation, {k: v for k, v in cfg["logits"].items() if k in names})
+    return build_from(Truncation, cfg["logits"])
 
 
 def _total_tokens(tcfg: Any, data: Any) -> int:
