@@ -13,7 +13,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from analysis.findings import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED, check_findings,
+from analysis.findings import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, REPRODUCED,
+                               check_suite_noise, suite_data,
                                factorial_effects, family_text, findings_frame, gains_over_training, is_pd_star,
                                pd_pairs, study_key)
 from results import Results, list_studies, load_results
@@ -327,10 +328,28 @@ def pooled_vanilla(results: Mapping[str, Results]) -> Results:
     return Results("suite: default recipe, pooled", {}, runs, cat("metrics"), cat("evals"), configs)
 
 
-def _noise_text(noise) -> str:
+MEASURES = (
+    "Measures. Benchmark accuracy, the paper's own metric: the mean accuracy over the benchmark tasks the "
+    "study recorded, PD minus its matching LM-only baseline (same student, data, tokens, LR schedule and "
+    "seed), in accuracy points, tested with margins in accuracy points taken from the paper (its Δ% "
+    "converted at its 37.7 LM-only average); at CPU scale the scores sit near chance, so these verdicts are "
+    "often inconclusive. Loss proxy, in its own columns: the held-out loss gain 100·(L_LM − L_PD)/L_LM, "
+    "tested with its own margins in loss-gain points, never against the paper's benchmark numbers. Each "
+    "finding is a test: one-sided for an effect, an equivalence test (TOST) for no effect, "
+    "intersection-union for a claim over several conditions, Bonferroni over the candidates of a selected "
+    "best; verdicts reproduced, contradicted, inconclusive (the data cannot tell at this margin), not "
+    "testable here (the design cannot test it, or the study recorded no benchmark scores).")
+
+
+def _counts(frame) -> str:
+    return "; ".join(f"{m}: " + ", ".join(f"{v} {k}" for k, v in frame[f"verdict, {m}"].value_counts().items())
+                     for m in ("accuracy", "loss proxy"))
+
+
+def _noise_text(noise, unit: str = "pts") -> str:
     def one(n):
         eps = f", sigma_eps {n.sigma_eps:.2f} ({n.dof_eps} dof)" if n.dof_eps else ""
-        return f"sigma_seed {n.sigma_seed:.2f} pts ({n.dof_seed} dof){eps}"
+        return f"sigma_seed {n.sigma_seed:.2f} {unit} ({n.dof_seed} dof){eps}"
 
     per = "; ".join(f"{s}: {one(n)}" for s, n in getattr(noise, "by_student", {}).items() if n.dof_seed)
     return f"noise from distinct runs, all sizes pooled: {one(noise)}" + (f"; per student: {per}" if per else "")
@@ -342,30 +361,23 @@ def render_suite_report(results: Mapping[str, Results], *, missing: list[str] = 
     from analysis.report import CSS, figures_html
 
     R = {study_key(name): r for name, r in results.items()}
-    findings, noise = check_findings(results)
+    findings, noises = check_suite_noise(suite_data(results))
+    noise = noises["loss"]
     frame = findings_frame(findings)
-    counts = frame["verdict"].value_counts()
     secs = [f"<h1>pdspace report: {html.escape(title)}</h1>",
             f"<p class='note'>Generated {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} from "
             f"{len(results)} studies: " + ", ".join(f"<a href='#{html.escape(n)}'>{html.escape(n)}</a>"
                                                       for n in results) + ".</p>",
             ("<p class='note'>Not run yet: " + html.escape(", ".join(missing)) + "</p>" if missing else ""),
             "<h2>The paper's findings, checked</h2>",
-            "<p class='note'>Measure: held-out loss gain of each PD run over its matching LM-only baseline "
-            "(same student, data, tokens, LR schedule and seed), 100·(L<sub>LM</sub> − L<sub>PD</sub>)/L<sub>LM</sub>. "
-            "The paper states its findings on benchmark Δ%; at CPU scale our benchmark scores are near chance, "
-            "so every row is a loss-based proxy tested with its own margin δ (loss-gain points), and the "
-            "paper's number is shown, never compared with our interval. Each finding is a test: one-sided "
-            "for an effect, an equivalence test (TOST) for no effect, intersection-union for a claim over "
-            "several conditions, Bonferroni over the candidates of a selected best; verdicts reproduced, "
-            "contradicted, inconclusive (the data cannot tell at this margin), not testable here (the design "
-            "cannot test it). Standard errors: t over seeds where a condition has several; otherwise the "
-            "seed noise of the condition's student size from distinct runs (σ<sub>seed</sub> for one gain, "
-            "σ<sub>ε</sub>, the condition × baseline residual, for a contrast on one baseline), t at their "
-            "degrees of freedom. " + html.escape(_noise_text(noise)) + "</p>",
+            "<p class='note'>" + html.escape(MEASURES) + " Standard errors: t over seeds where a condition has "
+            "several; otherwise the seed noise of the condition's student size from distinct runs (σ<sub>seed</sub> "
+            "for one gain, σ<sub>ε</sub>, the condition × baseline residual, for a contrast on one baseline), t at "
+            "their degrees of freedom. Accuracy: " + html.escape(_noise_text(noises["accuracy"], "accuracy pts"))
+            + ". Loss proxy: " + html.escape(_noise_text(noise)) + ".</p>",
             "<p class='note'>" + html.escape(family_text(findings)) + "</p>",
-            "<p>" + ", ".join(f"{v} {html.escape(str(k))}" for k, v in counts.items()) + "</p>",
-            _table_html(frame.drop(columns=["runs"]).assign(runs=frame["runs"]))]
+            "<p>" + html.escape(_counts(frame)) + "</p>",
+            _table_html(frame.drop(columns=["runs", "verdict"]).assign(runs=frame["runs"]))]
     if "interactions" in R:
         secs.append("<h2>Beyond the paper: interactions</h2>" + _interactions_html(R["interactions"], noise))
     secs.append("<h2>Figures 1–5</h2><p class='note'>Each figure is drawn from our runs; the paper's numbers "
@@ -411,17 +423,23 @@ def write_suite_report(results: Mapping[str, Results], out_path: str | Path, *, 
 
 def findings_text(results: Mapping[str, Results]) -> str:
     """The findings table as Markdown (for notes and the terminal)."""
-    findings, noise = check_findings(results)
+    findings, noises = check_suite_noise(suite_data(results))
+    noise = noises["loss"]
     frame = findings_frame(findings)
-    counts = frame["verdict"].value_counts()
-    lines = [_noise_text(noise), family_text(findings),
-             "verdicts: " + ", ".join(f"{v} {k}" for k, v in counts.items()), "",
-             "| finding | paper (benchmark Δ) | test (δ, loss-gain pts) | ours (held-out loss gain) | 90% interval "
-             "| p reproduce / contradict | verdict | Holm |", "|---|---|---|---|---|---|---|---|"]
+    lines = [MEASURES, "noise, accuracy: " + _noise_text(noises["accuracy"], "accuracy pts"),
+             "noise, loss proxy: " + _noise_text(noise), family_text(findings), "verdicts: " + _counts(frame), "",
+             "| finding | paper (benchmark Δ) | test, accuracy (δ, accuracy pts) | ours, accuracy (pts) | 90% interval "
+             "| p reproduce / contradict | verdict, accuracy | Holm, accuracy | test, loss proxy (δ, loss-gain pts) "
+             "| ours, loss proxy (held-out loss gain) | 90% interval | p reproduce / contradict "
+             "| verdict, loss proxy | Holm, loss proxy |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
-        ours = r["ours (held-out loss gain, a proxy)"] or r["note"]
-        lines.append(f"| {r['finding']} | {r['paper (benchmark Δ)']} | {r['test (δ in loss-gain pts)']} | {ours} "
-                     f"| {r['interval (90%)']} | {r['p reproduce / contradict']} | {r['verdict']} | {r['Holm']} |")
+        cells = [r["finding"], r["paper (benchmark Δ)"]]
+        for m, test in (("accuracy", "test, accuracy (δ in accuracy pts)"),
+                        ("loss proxy", "test, loss proxy (δ in loss-gain pts)")):
+            ours = next(r[c] for c in frame.columns if c.startswith(f"ours, {m}")) or r[f"note, {m}"]
+            cells += [r[test], ours, r[f"interval, {m} (90%)"], r[f"p reproduce / contradict, {m}"],
+                      r[f"verdict, {m}"], r[f"Holm, {m}"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     inter = {study_key(n): r for n, r in results.items()}.get("interactions")
     if inter is not None:
         cells, eff = _interactions(inter, noise)

@@ -239,7 +239,7 @@ def planted(tmp_path_factory):
 def test_verdicts_on_planted_results(planted):
     url, names = planted
     findings, noise = check_findings({n: load_results(url, n) for n in names})
-    by = {f.key: f for f in findings}
+    by = {f.key: f.loss for f in findings}  # the loss proxy (the synthetic benchmark scores follow the loss)
     assert noise.dof_seed > 0 and noise.sigma_seed == pytest.approx(np.std([0.0, 0.3, -0.2], ddof=1), abs=1e-6)
     assert noise.sigma_eps == pytest.approx(0.0, abs=1e-6)  # planted gains are exactly additive
     assert by["vanilla"].verdict == REPRODUCED and "+2.03%" in by["vanilla"].ours  # 2 + mean jitter
@@ -250,10 +250,10 @@ def test_verdicts_on_planted_results(planted):
     assert by["student_size"].verdict == REPRODUCED
     assert by["long"].verdict == REPRODUCED
     assert by["alpha"].verdict == NOT_RUN and "alpha" in by["alpha"].note
-    assert all(f.evidence for f in findings if f.verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE))
+    assert all(f.evidence for f in by.values() if f.verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE))
     assert any("mini_kd_loss: loss=mse,seed=1" == e for e in by["mse"].evidence)
     # every tested finding has its two p-values, a verdict after Holm, and its margin written next to it
-    for f in findings:
+    for f in by.values():
         if f.verdict in (REPRODUCED, CONTRADICTED, INCONCLUSIVE):
             assert np.isfinite(f.p_reproduce) and np.isfinite(f.p_contradict) and f.holm
             assert f"δ = {f.margin:g} pts" in f.test
@@ -272,7 +272,7 @@ def test_a_gain_that_shrinks_after_its_peak_does_not_level_off(tmp_path, planted
     shr = build_db(tmp_path / "s.db", {"mini_long_training": [("student=d64l3", {"tokens": 2_500_000,
                                                                                 "curve": curve}, 0.0)]})
     findings, _ = check_findings({**noisy, "mini_long_training": load_results(shr, "mini_long_training")})
-    long = next(f for f in findings if f.key == "long")
+    long = next(f.loss for f in findings if f.key == "long")
     # the end (+0.5) is 2.5 pts below the plateau (+3.0, the second half before it) with δ = 1
     assert long.verdict == CONTRADICTED and "plateau +3.0%, end +0.5%" in long.ours
 
@@ -427,11 +427,11 @@ def test_no_effect_claims_are_equivalence_tests_on_the_loss(tmp_path):
         "mini_online_offline": [("window=last", {"source": "online", "window": "last"}, -3.0),
                                 ("offline", {}, 4.0)],
     })
-    by = {f.key: f for f in check_findings(R)[0]}
+    by = {f.key: f.loss for f in check_findings(R)[0]}
     assert by["tau_high"].verdict == CONTRADICTED
     assert by["online_late"].verdict == CONTRADICTED and "not compared" in by["online_late"].note
     R2 = _suite(tmp_path / "b", {"mini_online_offline": [("window=last", {"source": "online", "window": "last"}, 0.2)]})
-    late = next(f for f in check_findings(R2)[0] if f.key == "online_late")
+    late = next(f.loss for f in check_findings(R2)[0] if f.key == "online_late")
     assert late.verdict == REPRODUCED and late.margin == 2.0
 
 
@@ -445,12 +445,12 @@ def test_verdicts_not_testable_and_inconclusive(tmp_path):
     })
     data = suite_data(R)
     data.teachers = {"t1": {"num_params": 7.9e5, "val_loss": 4.42}, "t_big": {"num_params": 2.6e6, "val_loss": 4.40}}
-    by = {f.key: f for f in check_suite(data)[0]}
+    by = {f.key: f.loss for f in check_suite(data)[0]}
     assert by["teacher_size"].verdict == NOT_TESTABLE and "equal quality" in by["teacher_size"].note
     assert by["top_k_best"].verdict == INCONCLUSIVE
     assert by["pd_star"].verdict == NOT_RUN and by["pd_star"].holm == ""
     data.teachers["t_big"]["val_loss"] = 4.00  # now the bigger teacher is the better one
-    tsize = next(f for f in check_suite(data)[0] if f.key == "teacher_size")
+    tsize = next(f.loss for f in check_suite(data)[0] if f.key == "teacher_size")
     # t over the two students' differences (+0.1, +0.3): upper bound below δ = 1
     assert tsize.verdict == REPRODUCED and "t_big − t1 = +0.20" in tsize.ours
     assert tsize.p_reproduce == pytest.approx(stats.ttest_1samp([0.1, 0.3], 1.0, alternative="less").pvalue)
