@@ -119,6 +119,9 @@ def _teacher_agreement(
     logits: (B, T, V) float student logits; log_z: (B, T) their logsumexp.
     teacher.indices / .logprobs: (B, T, K), logprobs over the full vocabulary, -inf on padding.
     """
+    if teacher.sampled:
+        raise ValueError("held-out teacher metrics need a truncated teacher, not sampled rows (their values are "
+                         "importance weights): evaluate against a LiveTeacher")
     if teacher.indices.shape[:2] != logits.shape[:2]:
         raise ValueError(
             f"teacher batch covers {tuple(teacher.indices.shape[:2])} positions, "

@@ -55,6 +55,7 @@ def linear_distillation_loss(
     alpha: float,
     kd: KDConfig,
     teacher_stats: dict[str, torch.Tensor] | None = None,
+    teacher_sampled: bool = False,
     chunk_size: int | None = None,
     num_tokens: int | float | torch.Tensor | None = None,
     ignore_index: int = -100,
@@ -68,6 +69,9 @@ def linear_distillation_loss(
     logits store gives it (tau = 1 log-probs over the full vocabulary, -inf = padding), or both
     None for LM only. teacher_stats: {name: (N,) float}, the full-distribution statistics of
     SparseTeacherBatch.stats, needed by kd.adaptive (entropy, std, log_u_<gamma>).
+    teacher_sampled: the rows are importance samples (SparseTeacherBatch.sampled, core.sampled_kd:
+    teacher_logprobs are log-weights; needs the ``entropy`` statistic); the loss is then the
+    sampled estimate, as in distillation_loss.
     alpha, kd, num_tokens, ignore_index: as in ``core.losses.distillation_loss`` (num_tokens is the
     normaliser; default the non-ignored positions of this call).
     chunk_size: rows per chunk; None = ``default_chunk_size(V)`` (128 rows at V = 151,552). Peak
@@ -107,7 +111,7 @@ def linear_distillation_loss(
         k = teacher_indices.shape[-1]
         teacher = SparseTeacherBatch(
             teacher_indices.reshape(-1, k), teacher_logprobs.reshape(-1, k),
-            {name: stat.reshape(-1) for name, stat in stats.items()},
+            {name: stat.reshape(-1) for name, stat in stats.items()}, sampled=teacher_sampled,
         )
     labels = labels.reshape(-1)
     count = (labels != ignore_index).sum()
@@ -127,7 +131,8 @@ def _teacher_rows(teacher: SparseTeacherBatch | None, rows: slice) -> SparseTeac
     if teacher is None:
         return None
     return SparseTeacherBatch(
-        teacher.indices[rows], teacher.logprobs[rows], {k: v[rows] for k, v in teacher.stats.items()}
+        teacher.indices[rows], teacher.logprobs[rows], {k: v[rows] for k, v in teacher.stats.items()},
+        sampled=teacher.sampled,
     )
 
 
