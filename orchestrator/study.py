@@ -16,11 +16,13 @@ from typing import Mapping, Sequence
 
 from pydantic import PrivateAttr
 
+from core.config import Truncation
 from core.utils import stable_hash
 from orchestrator import expand as _expand
 from orchestrator.errors import StudyError
 from orchestrator.expand import LogitsSpec, TeacherSpec, TrialSpec, expand
 from orchestrator.overrides import apply_overrides
+from orchestrator.sampling import sampled_logits_specs
 from orchestrator.schema import RunConfig
 from orchestrator.schema import Study as _StudySchema
 from orchestrator.validation import check
@@ -61,6 +63,10 @@ class Study(_StudySchema):
     def logits_spec(self, teacher: str) -> LogitsSpec:
         """The offline logits store of `teacher` over this study's data."""
         return _expand.logits_spec(self, teacher)
+
+    def sampled_logits_specs(self, teacher: str) -> list[tuple[Truncation, LogitsSpec]]:
+        """The sampled offline stores of `teacher` (orchestrator.sampling), one per sampling."""
+        return sampled_logits_specs(self, teacher)
 
     def trials(self) -> list[TrialSpec]:
         return expand(self)

@@ -147,13 +147,14 @@ def test_mini_studies_share_one_teacher_per_name():
 
 def test_mini_offline_logits_stores_are_shared():
     """A store's identity includes the tokens it covers (the largest offline student budget of a
-    study), so every mini study distilling offline from a teacher must use the same budget."""
+    study), so every mini study distilling offline from a teacher must use the same budget. (A
+    sampled store, orchestrator.sampling, serves one sampling only: it is not the shared one.)"""
     stores: dict[str, set[tuple]] = defaultdict(set)
     units: dict[str, set[str]] = defaultdict(set)
     for p in MINI:
         study = _plan(p).study
         for unit in _plan(p).units:
-            if unit.kind == "logits":
+            if unit.kind == "logits" and not unit.config.get("sampling"):
                 teacher = unit.config["teacher"]
                 spec = study.logits_spec(teacher)
                 stores[teacher].add((spec.config_hash, spec.config["num_tokens"]))
