@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.findings import (CONTRADICTED, INCONCLUSIVE, NOT_RUN, NOT_TESTABLE, REPRODUCED, Estimate, Noise,
+from analysis.findings import (CONTRADICTED, INCONCLUSIVE, NOT_RUN, NOT_TESTABLE, REPRODUCED, VERDICTS, Estimate,
+                               Noise,
                                NoiseBook, all_of, any_of, check_findings, check_suite, cond, contrast, effect,
                                equivalent, estimate_noise, gain, gains_over_training, holm, not_above, pd_pairs,
                                study_key, suite_data, t_quantile)
@@ -29,27 +30,33 @@ LM = {0: 5.30, 1: 5.42, 2: 5.34}  # LM-only loss per seed
 
 def _cfg(kind, seed, *, student="d64l3", teacher="t1", alpha=0.9, alpha_kind="constant", lr="cosine", loss="kld",
          top_p=0.95, top_k=100, tau=1.0, adaptive=None, source="offline", window=None, baseline=None,
-         tokens=500_000):
+         tokens=500_000, normalization="renormalize"):
     lm = kind == "baseline"
     n = {"d32l2": 4e4, "d64l3": 1.5e5, "d96l3": 3.3e5, "d128l4": 7.9e5}[student]
     return {"kind": kind, "student": student, "teacher": None if lm else teacher, "seed": seed, "tokens": tokens,
             "lr_schedule": {"kind": lr}, "alpha_schedule": {"kind": "constant" if lm else alpha_kind,
                                                             "alpha": 0.0 if lm else alpha},
             "kd": None if lm else {"kind": loss, "temperature": tau, "adaptive": adaptive,
-                                   "normalization": "renormalize"},
+                                   "normalization": normalization},
             "logits": None if lm else {"source": source, "top_p": top_p, "top_k": top_k, "window": window},
             "baseline_hash": baseline, "num_non_embedding_params": n, "num_params": 3 * n}
 
 
-def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
+ACC_LM = {0: 0.27, 1: 0.255, 2: 0.28}  # LM-only benchmark accuracy per seed (a trial's "acc": PD's gain in points)
+
+
+def build_db(path, studies: dict[str, list[tuple[str, dict, float]]], evals: bool = True) -> str:
     """studies: {name: [(trial_id, student config kwargs incl. seed, gain %)]}; each PD run gets an
-    LM-only baseline (loss LM[seed], or LM[seed]·(1+student offset)) and loss LM·(1 − gain/100)."""
+    LM-only baseline (loss LM[seed], or LM[seed]·(1+student offset)) and loss LM·(1 − gain/100).
+    Benchmark scores (evals=False: none): with a trial's "acc" (accuracy gain in points) the
+    baseline scores ACC_LM[seed] and the PD run that plus acc on two tasks, else one task whose
+    score follows the loss."""
     url = f"sqlite:///{path}"
     engine = make_engine(url)
     Base.metadata.create_all(engine)
     runs: dict[str, int] = {}
     with session_scope(engine) as s:
-        def run(cfg, losses, trial, study):
+        def run(cfg, losses, trial, study, acc=None):
             h = stable_hash(cfg)
             if h not in runs:
                 r = Run(config_hash=h, kind=cfg["kind"], config=cfg, status="completed")
@@ -58,8 +65,13 @@ def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
                 runs[h] = r.id
                 for step, (tokens, v) in enumerate(losses, 1):
                     s.add(Metric(run_id=r.id, step=step, tokens=tokens, name="val_loss", value=v, wall_time=0.0))
-                    s.add(Eval(run_id=r.id, step=step, tokens=tokens, task="pdspace_nextline", metric="acc",
-                               value=0.3 + 0.01 * (5.5 - v), stderr=0.03))
+                    if evals and acc is None:
+                        s.add(Eval(run_id=r.id, step=step, tokens=tokens, task="pdspace_nextline", metric="acc",
+                                   value=0.3 + 0.01 * (5.5 - v), stderr=0.03))
+                    elif evals:
+                        for task in ("pdspace_nextline", "pdspace_cloze"):
+                            s.add(Eval(run_id=r.id, step=step, tokens=tokens, task=task, metric="acc", value=acc,
+                                       stderr=0.03))
             s.add(StudyRun(study_id=study.id, run_id=runs[h], trial_id=trial, factor="x", value="y"))
             return h
 
@@ -72,6 +84,7 @@ def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
                 seed = kw.pop("seed", 0)
                 curve = kw.pop("curve", None)
                 lm_scale = kw.pop("lm_scale", 1.0)
+                acc = kw.pop("acc", None)
                 lm_kw = {k: v for k, v in kw.items() if k in ("student", "lr", "tokens")}
                 bcfg = _cfg("baseline", seed, **lm_kw)
                 lm = LM[seed] * (1.05 - 0.05 * ["d32l2", "d64l3", "d96l3", "d128l4"].index(bcfg["student"])) * lm_scale
@@ -80,8 +93,9 @@ def build_db(path, studies: dict[str, list[tuple[str, dict, float]]]) -> str:
                 else:  # a long run: (tokens, gain) points
                     blosses = [(t, lm + 1.0 / (i + 1)) for i, (t, _) in enumerate(curve)]
                     plosses = [(t, (lm + 1.0 / (i + 1)) * (1 - g / 100)) for i, (t, g) in enumerate(curve)]
-                bh = run(bcfg, blosses, f"baseline:{trial_id}", st)
-                run(_cfg("student", seed, baseline=bh, **kw), plosses, trial_id, st)
+                bh = run(bcfg, blosses, f"baseline:{trial_id}", st, None if acc is None else ACC_LM[seed])
+                run(_cfg("student", seed, baseline=bh, **kw), plosses, trial_id, st,
+                    None if acc is None else ACC_LM[seed] + acc / 100.0)
     engine.dispose()
     return url
 
@@ -454,3 +468,115 @@ def test_verdicts_not_testable_and_inconclusive(tmp_path):
     # t over the two students' differences (+0.1, +0.3): upper bound below δ = 1
     assert tsize.verdict == REPRODUCED and "t_big − t1 = +0.20" in tsize.ours
     assert tsize.p_reproduce == pytest.approx(stats.ttest_1samp([0.1, 0.3], 1.0, alternative="less").pvalue)
+
+
+# ------------------------------------------------------------------------------------------------
+# Benchmark accuracy: its own verdict next to the loss proxy's
+# ------------------------------------------------------------------------------------------------
+
+def _prelim(acc_alpha1, loss_alpha1, jitter=(0.0, 0.4, -0.3)):
+    """mini_preliminary with three seeds of α = 1 and α = 0.9: each PD run's accuracy gain (points)
+    and loss gain (%) set apart, so the two verdicts can disagree."""
+    return {"mini_preliminary": [(f"alpha={a},seed={s}", {"seed": s, "alpha": a, "acc": acc + jitter[s]},
+                                  g + jitter[s]) for a, acc, g in ((1.0, acc_alpha1, loss_alpha1), (0.9, 1.0, 4.0))
+                                 for s in (0, 1, 2)]}
+
+
+def test_a_planted_accuracy_effect_is_reproduced_on_accuracy(tmp_path):
+    """PD at α = 1 gains 3 accuracy points (and nothing on the loss): the accuracy verdict is
+    reproduced at its own margin (the paper's 0.6 points), the loss proxy's is not, and the
+    accuracy estimate is the t interval over the three seeds' accuracy gains."""
+    url = build_db(tmp_path / "a.db", _prelim(3.0, 0.0))
+    f = next(f for f in check_findings({"mini_preliminary": load_results(url, "mini_preliminary")})[0]
+             if f.key == "vanilla")
+    gains = [3.0, 3.4, 2.7]
+    assert f.primary == "accuracy" and f.verdict == f.accuracy.verdict == REPRODUCED
+    assert f.accuracy.margin == 0.6 and "δ = 0.6 accuracy pts" in f.accuracy.test
+    assert f"α = 1: {np.mean(gains):+.2f} pts" in f.accuracy.ours
+    assert f.accuracy.p_reproduce == pytest.approx(stats.ttest_1samp(gains, 0.0, alternative="greater").pvalue)
+    assert f.loss.verdict != REPRODUCED and "δ = 1 pts" in f.loss.test
+
+
+def test_no_accuracy_effect_is_not_reproduced_on_accuracy(tmp_path):
+    """No accuracy gain (a clear loss gain): the accuracy verdict is not reproduced (contradicted:
+    shown below the paper's 0.6 points), the loss proxy's is."""
+    url = build_db(tmp_path / "n.db", _prelim(0.0, 4.0, jitter=(0.0, 0.1, -0.1)))
+    f = next(f for f in check_findings({"mini_preliminary": load_results(url, "mini_preliminary")})[0]
+             if f.key == "vanilla")
+    assert f.accuracy.verdict == CONTRADICTED and f.loss.verdict == REPRODUCED
+    assert f.verdict == CONTRADICTED  # the primary verdict is the accuracy one
+
+
+def test_without_benchmark_scores_accuracy_is_not_testable(tmp_path):
+    url = build_db(tmp_path / "e.db", _prelim(3.0, 2.0), evals=False)
+    R = {"mini_preliminary": load_results(url, "mini_preliminary")}
+    f = next(f for f in check_findings(R)[0] if f.key == "vanilla")
+    assert f.accuracy.verdict == NOT_TESTABLE and "no benchmark scores recorded" in f.accuracy.note
+    assert f.loss.verdict == REPRODUCED  # the loss proxy still tests it
+    assert pd_pairs(R["mini_preliminary"])["acc_gain"].isna().all()
+
+
+def test_accuracy_gain_is_the_mean_over_the_tasks_against_the_baseline(tmp_path):
+    url = build_db(tmp_path / "g.db", _prelim(3.0, 2.0))
+    pairs = pd_pairs(load_results(url, "mini_preliminary")).set_index("trial_id")
+    row = pairs.loc["alpha=1.0,seed=1"]
+    assert row["acc_lm"] == pytest.approx(100 * ACC_LM[1]) and row["acc_gain"] == pytest.approx(3.4)
+    assert row["acc_tasks"] == "pdspace_cloze,pdspace_nextline"
+
+
+def test_online_late_is_like_for_like(tmp_path):
+    """The late window: on accuracy against the paper's own 'close to neutral' (1.5 points), on the
+    loss with the proxy's own 2-point margin; a −1 point accuracy change with a −3 % loss gain is
+    close to neutral on accuracy and beyond the loss proxy's margin."""
+    R = _suite(tmp_path, {"mini_online_offline": [("window=last", {"source": "online", "window": "last",
+                                                                   "acc": -1.0}, -3.0)]})
+    R["mini_preliminary"] = load_results(build_db(tmp_path / "p.db", _prelim(0.5, 2.0, (0.0, 0.2, -0.2))),
+                                         "mini_preliminary")  # accuracy noise: σ_seed 0.2 pts
+    late = next(f for f in check_findings(R)[0] if f.key == "online_late")
+    assert late.accuracy.margin == 1.5 and late.loss.margin == 2.0
+    assert "−3.9 %" not in late.loss.test and "not compared" in late.loss.note
+    assert late.accuracy.verdict == REPRODUCED and late.loss.verdict == CONTRADICTED
+
+
+def test_normkd_and_normkd_tail_are_separate_conditions(tmp_path):
+    """The adaptive study's normkd (renormalised) and normkd with a tail bucket share a seed: two
+    conditions, each tested, never pooled as seeds of one."""
+    from analysis.findings import NotTestable
+
+    R = _suite(tmp_path, {
+        "mini_adaptive_temperature": [("adaptive=normkd", {"adaptive": "normkd"}, 1.0),
+                                      ("adaptive=normkd,normalization=tail",
+                                       {"adaptive": "normkd", "normalization": "tail"}, 6.0)],
+        "mini_temperature": [(f"temperature={t}", {"tau": t}, 3.0) for t in (0.5, 1, 2)],
+    })
+    f = next(f for f in check_findings(R)[0] if f.key == "adaptive")
+    assert "normkd: +1.00" in f.loss.ours and "normkd (tail): +6.00" in f.loss.ours
+    assert "best adaptive normkd (tail) +6.00%" in f.loss.ours
+    assert f.loss.verdict != REPRODUCED  # the tail variant beats every fixed τ by 3 points
+    rows = pd_pairs(R["mini_adaptive_temperature"])
+    with pytest.raises(NotTestable, match="normalization"):
+        cond(rows, "normkd")  # the two, pooled, would be two seeds 0 of one condition
+
+
+def test_the_table_shows_both_verdicts_and_holm_per_metric(planted):
+    from analysis.findings import findings_frame, family_text
+    from analysis.suite import findings_text
+
+    url, names = planted
+    R = {n: load_results(url, n) for n in names}
+    findings, _ = check_findings(R)
+    frame = findings_frame(findings)
+    for col in ("verdict, accuracy", "Holm, accuracy", "verdict, loss proxy", "Holm, loss proxy",
+                "test, accuracy (δ in accuracy pts)", "test, loss proxy (δ in loss-gain pts)"):
+        assert col in frame.columns
+    assert set(frame["verdict, accuracy"]) <= set(VERDICTS) and set(frame["verdict, loss proxy"]) <= set(VERDICTS)
+    fam = family_text(findings)
+    assert "on benchmark accuracy, Holm over" in fam and "on held-out loss gain (a proxy), Holm over" in fam
+    text = findings_text(R)
+    assert "| verdict, accuracy | Holm, accuracy |" in text and "| verdict, loss proxy | Holm, loss proxy |" in text
+    # Holm within each metric: a metric's Holm verdicts depend only on that metric's p-values
+    for m in ("accuracy", "loss"):
+        tested = [f.of(m) for f in findings if f.of(m).holm]
+        rejected = holm([p for v in tested for p in (v.p_reproduce, v.p_contradict)])
+        assert [v.holm for v in tested] == [REPRODUCED if rejected[2 * i] else CONTRADICTED if rejected[2 * i + 1]
+                                            else INCONCLUSIVE for i in range(len(tested))]
