@@ -24,8 +24,13 @@ def test_calibration_bench_runs_through_the_real_findings_code():
 
     assert set(out["findings"]) == {c.key for c in FINDINGS}
     for key, f in out["findings"].items():
-        assert {"null_false_reproduced", "rates", "meets_floor", "null_region_max_reproduced"} <= set(f), key
-        assert ("power_2sigma" in f) or ("power_at_zero" in f) or f["test"] == "not testable here"
-        assert set(f["rates"]) == {"null", "θ=0σ", "θ=-3σ", "θ=-2σ", "θ=-1σ", "θ=+1σ", "θ=+2σ", "θ=+3σ"}
-    assert out["findings"]["kld_nll"]["rates"]["null"] == {"not testable here": 1.0}
+        assert set(f) == {"accuracy", "loss"}, key  # every finding calibrated on both metrics
+        for metric, e in f.items():
+            assert {"null_false_reproduced", "mc_error", "rates", "meets_floor", "null_region_max_reproduced"} <= set(e)
+            assert ("power_2sigma" in e) or ("power_at_zero" in e) or e["test"] == "not testable here"
+            assert set(e["rates"]) == {"null", "θ=0σ", "θ=-3σ", "θ=-2σ", "θ=-1σ", "θ=+1σ", "θ=+2σ", "θ=+3σ"}
+        assert "accuracy pts" in f["accuracy"]["test"] or f["accuracy"]["test"] == "not testable here"
+    assert out["findings"]["kld_nll"]["loss"]["rates"]["null"] == {"not testable here": 1.0}
+    assert out["findings"]["kld_nll"]["accuracy"]["rates"]["null"] == {"not testable here": 1.0}
     assert "mc_error" in out and out["reps"] == {"null": 3, "other levels": 1}
+    assert out["accuracy_noise"]["limit"] == 200 and len(out["accuracy_noise"]["tasks"]) == 2
