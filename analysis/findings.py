@@ -1331,6 +1331,7 @@ def check_findings(results: Mapping[str, Results], *, alpha: float = ALPHA) -> t
 
 
 METRIC_NAMES = {"accuracy": "benchmark accuracy", "loss": "held-out loss gain (a proxy)"}
+COLUMN_NAMES = {"accuracy": "accuracy", "loss": "loss proxy"}
 
 
 def family_text(findings: Sequence[Finding], alpha: float = ALPHA) -> str:
@@ -1340,7 +1341,7 @@ def family_text(findings: Sequence[Finding], alpha: float = ALPHA) -> str:
         tested = [f.of(m) for f in findings if f.of(m).holm]
         kept = sum(v.holm in (REPRODUCED, CONTRADICTED) for v in tested)
         parts.append(f"on {METRIC_NAMES[m]}, Holm over the {2 * len(tested)} tests of its {len(tested)} findings "
-                     f"tested: {kept} verdicts survive (column 'Holm, {m}')")
+                     f"tested: {kept} verdicts survive (column 'Holm, {COLUMN_NAMES[m]}')")
     return (f"Each verdict is a test at level {alpha:g} (one-sided tests, TOST; 1 − 2α = {1 - 2 * alpha:.0%} "
             "intervals). Family-wise error ≤ " f"{alpha:g} for each metric's family separately (a reproduce and a "
             "contradict test per finding): " + "; ".join(parts) + ".")
