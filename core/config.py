@@ -21,7 +21,7 @@ from core.settings import ConfigError, check_fields, setting
 
 __all__ = [
     "PosInt", "NonNegInt", "PosFloat", "NonNegFloat", "Prob", "UnitFloat", "Beta",
-    "KDKind", "Normalization", "AdaptiveMethod", "KD_KINDS", "NORMALIZATIONS", "ADAPTIVE_METHODS",
+    "KDKind", "Normalization", "SAMPLED_KD_KINDS", "SAMPLING_SEED", "check_sampled_kd", "AdaptiveMethod", "KD_KINDS", "NORMALIZATIONS", "ADAPTIVE_METHODS",
     "BUILTIN_TASKS", "DataSpec", "OptimizerConfig", "KDConfig", "Truncation", "TrainConfig",
     "EvalConfig", "LogitsStoreConfig", "LM_ONLY_ALPHA",
 ]
@@ -146,16 +146,40 @@ class Truncation:
     """Keep the smallest prefix of the teacher's sorted distribution holding this mass ..."""
     top_k: PosInt = setting(100, since=1)
     """... capped at this many tokens."""
+    samples: PosInt | None = setting(None, since=2)
+    """Sampled KD (RS-KD, core.sampled_kd) instead of top-p/top-k: per position draw this many ids
+    from the proposal softmax(l / proposal_temperature) with replacement and keep each distinct id
+    with its importance weight c·p/(N·π); the KD loss is then an unbiased estimate of the
+    full-vocabulary one (kd.loss kld or nll, τ = 1, renormalize, no adaptive method)."""
+    proposal_temperature: Annotated[float, Ge(1)] = setting(1.0, since=2)
+    """Sampled KD: τp of the proposal π = softmax(l / τp) (>= 1 flattens it; 1 samples the teacher)."""
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.samples is not None and (self.top_p, self.top_k) != (Truncation.top_p, Truncation.top_k):
+            raise ConfigError("samples", f"replaces top_p/top_k (a sampled teacher is not truncated): leave "
+                                         f"them at their defaults, got top_p {self.top_p:g}, top_k {self.top_k}")
+        if self.samples is None and self.proposal_temperature != 1.0:
+            raise ConfigError("proposal_temperature", f"is used only with samples; got "
+                                                      f"{self.proposal_temperature:g} without samples")
+
+    @property
+    def sampled(self) -> bool:
+        return self.samples is not None
 
     def covered_by(self, keeps: "Truncation") -> bool:
-        """Whether a store that keeps ``keeps`` can derive this rule exactly."""
+        """Whether a store that keeps ``keeps`` can derive this rule exactly (a sampled store serves
+        exactly its own sampling, a truncated one no sampling)."""
+        if self.sampled or keeps.sampled:
+            return (self.samples, self.proposal_temperature) == (keeps.samples, keeps.proposal_temperature)
         return self.top_p <= keeps.top_p and self.top_k <= keeps.top_k
 
     def check_covered_by(self, keeps: "Truncation", where: str = "the logits store") -> None:
         """ConfigError naming the field a store that keeps ``keeps`` cannot serve."""
+        if self.sampled or keeps.sampled:
+            if not self.covered_by(keeps):
+                raise ConfigError("samples", f"must be what {where} keeps ({keeps.label}) exactly; got {self.label}")
+            return
         if self.top_p > keeps.top_p:
             raise ConfigError("top_p", f"must be <= {keeps.top_p:g}, the top_p {where} keeps; got {self.top_p:g}")
         if self.top_k > keeps.top_k:
@@ -163,8 +187,37 @@ class Truncation:
 
     @property
     def label(self) -> str:
-        """'top-0.95-100'."""
+        """'top-0.95-100'; sampled: 'sample-12' ('sample-12-tp2' at proposal_temperature 2)."""
+        if self.sampled:
+            tp = "" if self.proposal_temperature == 1.0 else f"-tp{self.proposal_temperature:g}"
+            return f"sample-{self.samples}{tp}"
         return f"top-{self.top_p:g}-{self.top_k}"
+
+
+SAMPLING_SEED = 0
+"""Seed of a sampled store's draws (core.sampled_kd; recorded in the store's ``sampling``)."""
+
+SAMPLED_KD_KINDS = ("kld", "nll")
+"""The KD kinds a sampled teacher (Truncation.samples) supports: the losses linear in p, whose
+importance-weighted estimate is unbiased (core.sampled_kd)."""
+
+
+def check_sampled_kd(kd: "KDConfig") -> None:
+    """ConfigError naming the KD setting a sampled teacher cannot serve unbiasedly (only
+    kd.loss kld or nll at τ = τ_s = 1 with renormalize and no adaptive method is linear in p)."""
+    if kd.kind not in SAMPLED_KD_KINDS:
+        raise ConfigError("kind", f"must be kld or nll with samples (the sampled estimate is unbiased only for "
+                                  f"losses linear in the teacher's p), got {kd.kind}")
+    if kd.temperature != 1.0:
+        raise ConfigError("temperature", f"must be 1 with samples (p^(1/τ) is not linear in p), got {kd.temperature:g}")
+    if kd.student_temperature != 1.0:
+        raise ConfigError("student_temperature", f"must be 1 with samples, got {kd.student_temperature:g}")
+    if kd.normalization != "renormalize":
+        raise ConfigError("normalization", f"must be renormalize with samples (no tail: the sampled estimate "
+                                           f"already covers the full vocabulary), got {kd.normalization}")
+    if kd.adaptive is not None:
+        raise ConfigError("adaptive", f"must be null with samples (adaptive temperatures are not linear in p), "
+                                      f"got {kd.adaptive}")
 
 
 @dataclass(frozen=True)
@@ -180,7 +233,7 @@ class KDConfig:
     whether it used one)."""
     normalization: Normalization = setting("renormalize", since=1)
     """renormalize over the kept entries (the paper), or keep the dropped mass as one tail bucket
-    on both sides."""
+    on both sides (exact at any τ: the store keeps the full-vocabulary normaliser it needs)."""
     adaptive: AdaptiveMethod | None = setting(None, since=1)
     """None (static τ) or a per-position temperature from the teacher's full-distribution stats."""
     t_norm: PosFloat = setting(2.0, since=1)
@@ -215,6 +268,22 @@ class KDConfig:
         if self.adaptive in ("normkd", "wttm") and self.scale_by_temperature_sq:
             raise ConfigError("scale_by_temperature_sq", f"does not apply to adaptive {self.adaptive} (normkd "
                                                          f"always has its τ² factor, wttm has none)")
+        if self.adaptive in ("adakd_sd", "adakd_h") and self.normalization == "tail":
+            raise ConfigError("normalization", f"tail is exact only at a temperature whose full-vocabulary "
+                                               f"normaliser the store keeps; {self.adaptive}'s per-position τ "
+                                               f"has none: use renormalize")
+
+    def stats_needed(self) -> tuple[list[float], list[float]]:
+        """The full-vocabulary row statistics this KD term reads from its teacher: (gammas whose
+        log U_γ it needs, NormKD t_norms whose exact normaliser it needs)."""
+        gammas, t_norms = [], []
+        if self.adaptive == "wttm":
+            gammas.append(self.wttm_gamma)
+        if self.normalization == "tail" and self.adaptive is None and self.temperature != 1.0:
+            gammas.append(1.0 / self.temperature)
+        if self.normalization == "tail" and self.adaptive == "normkd":
+            t_norms.append(self.t_norm)
+        return gammas, t_norms
 
     def to_dict(self) -> dict:
         from core.settings import config_dict
@@ -353,7 +422,12 @@ class LogitsStoreConfig:
     top_k_max: PosInt = setting(Truncation.top_k, since=1)
     """Largest top-k any student reads."""
     gammas: list[PosFloat] = setting(default_factory=list, since=1)
-    """WTTM γ values whose log Σ p^γ is stored per row (every kd.wttm_gamma used must be here)."""
+    """γ values whose log U_γ = log Σ_v p_v^γ (full vocabulary) is stored per row: WTTM's γ, and 1/τ
+    for an exact `tail` at a static τ ≠ 1. An offline store gets every γ its students need added
+    by the planner; an online capture keeps only these."""
+    t_norms: list[PosFloat] = setting(default_factory=list)
+    """NormKD t_norm values whose exact tempered normaliser log Σ_v p_v^(1/τ_T), τ_T = t_norm·std(z),
+    is stored per row (NormKD with `tail`). Added by the planner for an offline store, as gammas."""
     shard_tokens: PosInt = setting(262_144, since=1)
     """Token positions per store shard (the unit of crash-safe resumption)."""
     batch_size: PosInt = setting(16, since=1, identity=False)
@@ -369,6 +443,8 @@ class LogitsStoreConfig:
         check_fields(self)
         if len(set(self.gammas)) != len(self.gammas):
             raise ConfigError("gammas", f"must not repeat a value, got {list(self.gammas)}")
+        if len(set(self.t_norms)) != len(self.t_norms):
+            raise ConfigError("t_norms", f"must not repeat a value, got {list(self.t_norms)}")
 
     @property
     def keeps(self) -> Truncation:
@@ -376,3 +452,18 @@ class LogitsStoreConfig:
 
     def has_gamma(self, gamma: float) -> bool:
         return any(math.isclose(gamma, g) for g in self.gammas)
+
+    def missing_stats(self, kd: "KDConfig") -> list[str]:
+        """What ``kd`` reads that this store does not keep, as study settings to add ([] = none)."""
+        gammas, t_norms = kd.stats_needed()
+        return ([f"logits.gammas: {g:g}" for g in gammas if g not in self.gammas]
+                + [f"logits.t_norms: {t:g}" for t in t_norms if t not in self.t_norms])
+
+    def with_stats_for(self, kds: "list[KDConfig]") -> "LogitsStoreConfig":
+        """This store with every statistic the KD terms ``kds`` read added (sorted, no repeats)."""
+        gammas, t_norms = set(self.gammas), set(self.t_norms)
+        for kd in kds:
+            g, t = kd.stats_needed()
+            gammas.update(g)
+            t_norms.update(t)
+        return replace(self, gammas=sorted(gammas), t_norms=sorted(t_norms))

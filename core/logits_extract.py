@@ -17,6 +17,7 @@ import torch
 from core.config import LogitsStoreConfig, Truncation
 from core.logits_math import stat_keys, truncate_and_stats
 from core.logits_store import LogitsStoreWriter, StoreError, encode_values
+from core.sampled_kd import DEFAULT_SEED, batch_generator, check_store_format, sample_and_stats, sampling_header
 from core.types import SparseTeacherBatch
 
 #: WTTM gammas stored by default: none. A study that runs WTTM passes its gammas (the paper's
@@ -37,9 +38,9 @@ class _ShardPipeline:
     """
 
     def __init__(self, writer: LogitsStoreWriter, keeps: Truncation,
-                 gammas: Sequence[float], background: bool = True):
+                 gammas: Sequence[float], background: bool = True, t_norms: Sequence[float] = ()):
         self.writer = writer
-        self.keeps, self.gammas = keeps, list(gammas)
+        self.keeps, self.gammas, self.t_norms = keeps, list(gammas), list(t_norms)
         self.keys = writer.header["stat_keys"]
         self.error: BaseException | None = None
         self._pending: list[tuple] = []
@@ -93,7 +94,7 @@ class _ShardPipeline:
         payload, sequence_ids, steps = message
         if isinstance(payload, torch.Tensor):
             with torch.no_grad():
-                payload = truncate_and_stats(payload, self.keeps, self.gammas)
+                payload = truncate_and_stats(payload, self.keeps, self.gammas, t_norms=self.t_norms)
         indices, logprobs, counts, stats = payload
         k = indices.shape[-1]
         indices = indices.reshape(-1, k).numpy()
@@ -193,10 +194,12 @@ def extract_logits(
     split: str = "train",
     keeps: Truncation = Truncation(),
     gammas: Sequence[float] = DEFAULT_GAMMAS,
+    t_norms: Sequence[float] = (),
     batch_size: int = LogitsStoreConfig.batch_size,
     shard_tokens: int = LogitsStoreConfig.shard_tokens,
     format_version: int = LogitsStoreConfig.format_version,
     target_kl: float = LogitsStoreConfig.target_kl,
+    sampling_seed: int = DEFAULT_SEED,
     device: str | torch.device | None = None,
     teacher_id: str = "",
     teacher_hash: str = "",
@@ -238,6 +241,7 @@ def extract_logits(
         "p_max": keeps.top_p,
         "k_max": keeps.top_k,
         "gammas": [float(g) for g in gammas],
+        "t_norms": [float(t) for t in t_norms],
         "num_sequences": source.num_sequences,
         "items_per_shard": per_shard,
         "extraction": {
@@ -246,13 +250,17 @@ def extract_logits(
             "autocast": "bf16" if isinstance(_autocast(device, model), torch.autocast) else None,
         },
     }
+    if keeps.sampled:  # importance-sampled rows (core.sampled_kd): log-weights, format 1 only
+        check_store_format(format_version)
+        header.update(sampling_header(keeps, vocab_size, sampling_seed))
     writer = LogitsStoreWriter(out_dir, header, format_version=format_version, target_kl=target_kl)
     if writer.complete:
         return writer.path
     total = source.num_sequences
     num_shards = -(-total // per_shard)
-    keeps = Truncation(keeps.top_p, writer.header["k_max"])  # k capped at the vocabulary
-    pipeline = _ShardPipeline(writer, keeps, gammas, background=background)
+    if not keeps.sampled:
+        keeps = Truncation(keeps.top_p, writer.header["k_max"])  # k capped at the vocabulary
+    pipeline = _ShardPipeline(writer, keeps, gammas, background=background, t_norms=t_norms)
     was_training = model.training
     model.eval()
     try:
@@ -267,8 +275,11 @@ def extract_logits(
                     if logits.shape[-1] != vocab_size:
                         raise ValueError(f"the teacher returned {logits.shape[-1]} logits per "
                                          f"position, its output layer has {vocab_size}")
-                    if logits.is_cuda:
-                        result = truncate_and_stats(logits, keeps, gammas)
+                    if keeps.sampled:  # draws seeded by the batch's first row: resumption rewrites them
+                        pipeline.submit(sample_and_stats(logits, keeps, gammas, t_norms=t_norms,
+                                                         generator=batch_generator(sampling_seed, start * seq_len)))
+                    elif logits.is_cuda:
+                        result = truncate_and_stats(logits, keeps, gammas, t_norms=t_norms)
                         pipeline.submit((result[0].cpu(), result[1].cpu(), result[2].cpu(),
                                          {k: v.cpu() for k, v in result[3].items()}))
                     else:
@@ -303,6 +314,7 @@ class OnlineCapture:
         seq_len: int,
         keeps: Truncation = Truncation(),
         gammas: Sequence[float] = DEFAULT_GAMMAS,
+        t_norms: Sequence[float] = (),
         teacher_id: str = "",
         teacher_hash: str = "",
         tokenizer_hash: str = "",
@@ -316,6 +328,7 @@ class OnlineCapture:
             "tokenizer_hash": tokenizer_hash, "data_hash": data_hash, "split": split,
             "seq_len": int(seq_len), "vocab_size": int(vocab_size), "p_max": keeps.top_p,
             "k_max": keeps.top_k, "gammas": [float(g) for g in gammas],
+            "t_norms": [float(t) for t in t_norms],
         }
         self.writer = LogitsStoreWriter(out_dir, header)
         if self.writer.complete:
@@ -324,11 +337,12 @@ class OnlineCapture:
         self.path = self.writer.path
         self.seq_len, self.vocab_size = int(seq_len), int(vocab_size)
         self.keeps, self.gammas = Truncation(keeps.top_p, self.writer.header["k_max"]), list(gammas)
+        self.t_norms = list(t_norms)
         self.shard_tokens = shard_tokens
         stored = [s["last_step"] for s in self.writer.shards]
         self.last_stored_step: int | None = max(stored) if stored else None
         self._pipeline = _ShardPipeline(self.writer, self.keeps, self.gammas,
-                                        background=background)
+                                        background=background, t_norms=self.t_norms)
         self._pending_rows = 0
         self._step: int | None = None
 
@@ -350,7 +364,7 @@ class OnlineCapture:
         logits = logits.detach()
         if logits.is_cuda:
             with torch.no_grad():
-                result = truncate_and_stats(logits, self.keeps, self.gammas)
+                result = truncate_and_stats(logits, self.keeps, self.gammas, t_norms=self.t_norms)
             payload = (result[0].cpu(), result[1].cpu(), result[2].cpu(),
                        {k: v.cpu() for k, v in result[3].items()})
         else:
@@ -391,7 +405,7 @@ class LiveTeacher:
     """TeacherSignal computed by running the teacher model (dense, online or validation use).
 
     Returns a SparseTeacherBatch (B, T, min(top_k, V)) on the model's device, with the full-
-    vocabulary statistics for ``gammas``. The model is put in eval mode.
+    vocabulary statistics for ``gammas`` and ``t_norms``. The model is put in eval mode.
 
     memoize: keep each batch's result, keyed by its sequence ids, and return it again when the
     same sequences come back with the same tokens (the held-out set is scored at every evaluation
@@ -400,10 +414,14 @@ class LiveTeacher:
     """
 
     def __init__(self, model: torch.nn.Module, truncation: Truncation,
-                 gammas: Sequence[float] = DEFAULT_GAMMAS, *, memoize: bool = False):
+                 gammas: Sequence[float] = DEFAULT_GAMMAS, *, memoize: bool = False,
+                 t_norms: Sequence[float] = ()):
+        if truncation.sampled:
+            raise ValueError(f"a live teacher truncates; it cannot serve sampled KD ({truncation.label}): "
+                             f"extract an offline sampled store")
         self.model = model.eval()
-        self.truncation, self.gammas = truncation, list(gammas)
-        self.stat_keys = stat_keys(self.gammas)
+        self.truncation, self.gammas, self.t_norms = truncation, list(gammas), list(t_norms)
+        self.stat_keys = stat_keys(self.gammas, self.t_norms)
         self._memo: dict[tuple[int, ...], tuple[torch.Tensor, SparseTeacherBatch]] | None = (
             {} if memoize else None)
 
@@ -424,7 +442,8 @@ class LiveTeacher:
             logits = _forward(self.model, input_ids.to(device))
         batch, length = logits.shape[:2]
         with torch.no_grad():
-            indices, logprobs, _, stats = truncate_and_stats(logits, self.truncation, self.gammas)
+            indices, logprobs, _, stats = truncate_and_stats(logits, self.truncation, self.gammas,
+                                                             t_norms=self.t_norms)
         return SparseTeacherBatch(
             indices.reshape(batch, length, -1),
             logprobs.reshape(batch, length, -1),

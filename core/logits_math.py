@@ -18,15 +18,16 @@ import numpy as np
 import torch
 
 from core.config import Truncation
-from core.types import format_gamma
+from core.types import NORMKD_MIN_STD, format_gamma, format_t_norm
 
-#: Statistic keys always present, in storage order; ``log_u_<gamma>`` keys follow.
+#: Statistic keys always present, in storage order; ``log_u_<gamma>`` keys follow, then
+#: ``log_u_normkd_<t_norm>`` keys.
 BASE_STAT_KEYS = ("entropy", "std")
 
 
-def stat_keys(gammas: Sequence[float]) -> list[str]:
-    """Storage-ordered statistic names for a gamma list: entropy, std, log_u_<gamma>..."""
-    return [*BASE_STAT_KEYS, *(format_gamma(g) for g in gammas)]
+def stat_keys(gammas: Sequence[float], t_norms: Sequence[float] = ()) -> list[str]:
+    """Storage-ordered statistic names: entropy, std, log_u_<gamma>..., log_u_normkd_<t>..."""
+    return [*BASE_STAT_KEYS, *(format_gamma(g) for g in gammas), *(format_t_norm(t) for t in t_norms)]
 
 
 def truncate(logits: torch.Tensor, truncation: Truncation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +169,7 @@ def _sort_by_value_then_index(values: torch.Tensor, indices: torch.Tensor):
 
 def row_stats(
     logits: torch.Tensor, gammas: Sequence[float], lse: torch.Tensor | None = None,
-    probs: torch.Tensor | None = None,
+    probs: torch.Tensor | None = None, t_norms: Sequence[float] = (),
 ) -> dict[str, torch.Tensor]:
     """Full-vocabulary statistics of each row, for adaptive temperatures (PAPER.md).
 
@@ -177,7 +178,10 @@ def row_stats(
       entropy      = -sum_v p_v log p_v = lse - sum_v p_v z_v (nats),
       std          = std of the logits over the vocabulary, Bessel-corrected (torch.std's
                      default, as NormKD's code); it equals the std of the log-probabilities,
-      log_u_<g>    = log sum_v p_v^g = logsumexp(g * log p), for each WTTM gamma g.
+      log_u_<g>    = log sum_v p_v^g = logsumexp(g * log p), for each gamma g (WTTM's, and
+                     1/tau for an exact tempered tail at a static tau: core.losses),
+      log_u_normkd_<t> = log sum_v p_v^(1/tau_T) with the row's tau_T = t * std (NormKD's teacher
+                     temperature), for each t_norm t: the exact normaliser of the tempered teacher.
     """
     num_rows, vocab_size = logits.shape
     if lse is None:
@@ -200,6 +204,12 @@ def row_stats(
                 scaled.clamp_(min=_EXP_FLOOR)
             # log p <= 0, so exp(g * log p) <= 1: no max-shift is needed.
             out[format_gamma(gamma)] = scaled.exp_().sum(dim=-1).log_()
+    if t_norms:
+        logp = logits - lse
+        for t_norm in t_norms:
+            # a per-row gamma that can be large (a flat row has a small std): a shifted logsumexp
+            gamma = 1.0 / (float(t_norm) * out["std"].clamp_min(NORMKD_MIN_STD)).unsqueeze(1)
+            out[format_t_norm(t_norm)] = torch.logsumexp(logp * gamma, dim=-1)
     return out
 
 
@@ -209,6 +219,7 @@ def truncate_and_stats(
     truncation: Truncation,
     gammas: Sequence[float],
     chunk_rows: int | None = None,
+    t_norms: Sequence[float] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """Truncation and row statistics, over row chunks (keeps temporaries in cache on CPU).
 
@@ -230,7 +241,7 @@ def truncate_and_stats(
         # logsumexp from the softmax: p(argmax) = exp(max - lse)
         lse = values[:, :1] - probs.gather(1, indices[:, :1]).log()
         idx, lp, cnt = _finish_truncation(values, indices, lse, truncation, x.shape)
-        parts.append((idx, lp, cnt, row_stats(x, gammas, lse=lse, probs=probs)))
+        parts.append((idx, lp, cnt, row_stats(x, gammas, lse=lse, probs=probs, t_norms=t_norms)))
     if len(parts) == 1:
         return parts[0]
     return (

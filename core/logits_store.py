@@ -19,7 +19,8 @@ Shard file: a magic (8 bytes: ``PDLOGIT1`` or ``PDLOGIT2``, the format version),
 64-byte-aligned sections. Both formats have
 
     item_entry_offsets  int64  (num_items + 1,)   first entry of each item, relative to the shard
-    stats               float32 (num_stats, num_rows)  entropy, std, log_u_<gamma>... per row
+    stats               float32 (num_stats, num_rows)  entropy, std, log_u_<gamma>...,
+                                                       log_u_normkd_<t_norm>... per row
     sequence_ids, steps int64  (num_items,)       online stores only: what each entry captured
 
 **Format 1** (exact; ``core.logits_codec`` has the codes) adds, rows in probability order:
@@ -76,6 +77,7 @@ from core.logits_codec import (
     zstandard,
 )
 from core.logits_math import kept_counts, stat_keys
+from core.sampled_kd import store_keeps
 from core.types import SparseTeacherBatch
 from core.utils import atomic_write_text
 
@@ -277,6 +279,9 @@ class LogitsStoreWriter:
             format_version = (old or {}).get("format_version", DEFAULT_FORMAT_VERSION)
         if format_version not in FORMAT_VERSIONS:
             raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got {format_version!r}")
+        if format_version == 2 and header.get("sampling"):
+            raise ValueError("a sampled store (core.sampled_kd) must be format 1: format 2 codes renormalised "
+                             "probabilities, not importance weights")
         if format_version == 2 and int(header["vocab_size"]) > MAX_GAP_VOCAB:
             raise ValueError(f"format 2 stores vocabularies of at most {MAX_GAP_VOCAB} tokens, not "
                              f"{header['vocab_size']}; use format_version=1")
@@ -292,7 +297,11 @@ class LogitsStoreWriter:
         self.header = dict(header)
         self.header["k_max"] = min(int(header["k_max"]), int(header["vocab_size"]))
         self.header["gammas"] = [float(g) for g in header["gammas"]]
-        self.header["stat_keys"] = stat_keys(self.header["gammas"])
+        if header.get("t_norms"):  # only written when asked for: older manifests stay as they were
+            self.header["t_norms"] = [float(t) for t in header["t_norms"]]
+        else:
+            self.header.pop("t_norms", None)
+        self.header["stat_keys"] = stat_keys(self.header["gammas"], self.header.get("t_norms", ()))
         self.header["encoding"] = encoding_spec(header["vocab_size"], self.header["k_max"],
                                                 self.format_version, target_kl=self.target_kl,
                                                 zstd_level=self.zstd_level)
@@ -514,9 +523,12 @@ class LogitsStore:
         self.kind: str = manifest["kind"]
         self.seq_len: int = int(manifest["seq_len"])
         self.vocab_size: int = int(manifest["vocab_size"])
-        self.keeps = Truncation(float(manifest["p_max"]), int(manifest["k_max"]))
-        """The truncation the store keeps: it serves every rule this covers."""
+        self.keeps = store_keeps(manifest)
+        """The truncation the store keeps: it serves every rule this covers (a sampled store:
+        exactly its sampling, core.sampled_kd)."""
         self.gammas: list[float] = list(manifest["gammas"])
+        self.t_norms: list[float] = list(manifest.get("t_norms", []))
+        """NormKD t_norm values whose exact tempered normaliser is stored per row."""
         self.stat_keys: list[str] = list(manifest["stat_keys"])
         self.num_items: int = int(manifest["num_items"])
         self.num_rows: int = int(manifest["num_rows"])
@@ -535,7 +547,7 @@ class LogitsStore:
         """Open a store, refusing one that does not match what the run expects.
 
         expect: manifest values the run needs. Keys in ``IDENTITY_KEYS`` must be equal;
-        ``truncation`` must be a rule the store's ``keeps`` covers; ``gammas`` must all be stored;
+        ``truncation`` must be a rule the store's ``keeps`` covers; ``gammas`` and ``t_norms`` must all be stored;
         ``num_items`` (or ``num_sequences``) is a minimum. Raises StoreMismatchError (a
         ValueError) with one sentence naming every mismatch.
         """
@@ -740,6 +752,11 @@ class LogitsStore:
             raise StoreMismatchError(f"logits store {self.path} keeps {self.keeps.label}; it cannot serve {t.label}.")
         return t
 
+    def geometry(self, t: Truncation) -> Truncation:
+        """The cut that reads rule ``t``'s rows: ``t``, or for a sampled store its whole rows
+        (Truncation(p_max, k_max), k_max = the samples per row)."""
+        return Truncation(float(self.manifest["p_max"]), int(self.manifest["k_max"])) if t.sampled else t
+
     def batch(self, ids, truncation: Truncation | None = None) -> SparseTeacherBatch:
         """The truncated teacher for items ``ids`` (B,): a SparseTeacherBatch (B, T, top_k).
 
@@ -763,17 +780,20 @@ class LogitsStore:
             parts, stats, _ = self._locate(ids)
             _, indices, logprobs = self._decode_v2(parts, ids.size)
             indices, logprobs = self._cut(indices, logprobs, t)
-        shape = (ids.size, self.seq_len, t.top_k)
+        shape = (ids.size, self.seq_len, self.geometry(t).top_k)
+        if t.sampled:  # stored values are log w - B (core.sampled_kd): the log-weights back
+            logprobs += np.float32(self.manifest["sampling"]["log_weight_offset"])
         return SparseTeacherBatch(
             torch.from_numpy(indices.reshape(shape)),
             torch.from_numpy(logprobs.reshape(shape)),
             {key: torch.from_numpy(v) for key, v in stats.items()},
+            sampled=t.sampled,
         )
 
     def dense(self, rows: DecodedRows, truncation: Truncation | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Decoded rows truncated at ``truncation``, as (R, top_k) int64 indices and float32
         log-probabilities (padding: 0, -inf), R = rows.counts.size. See ``batch``."""
-        t = self.resolve(truncation)
+        t = self.geometry(self.resolve(truncation))
         counts = rows.counts.reshape(-1)
         num_rows = counts.size
         # scatter the stored rows into a dense (rows, width) layout, width = k when no stored
@@ -852,7 +872,7 @@ class LogitsStore:
 
 
 def _expectation_problems(manifest: dict, expect: dict) -> list[str]:
-    allowed = set(IDENTITY_KEYS) | {"truncation", "gammas", "num_items", "num_sequences"}
+    allowed = set(IDENTITY_KEYS) | {"truncation", "gammas", "t_norms", "num_items", "num_sequences"}
     unknown = set(expect) - allowed
     if unknown:
         raise ValueError(f"unknown store expectation(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -861,12 +881,16 @@ def _expectation_problems(manifest: dict, expect: dict) -> list[str]:
         if key in expect and expect[key] is not None and manifest.get(key) != expect[key]:
             problems.append(f"{key} is {manifest.get(key)!r} in the store but the run expects "
                             f"{expect[key]!r}")
-    wanted, keeps = expect.get("truncation"), Truncation(float(manifest["p_max"]), int(manifest["k_max"]))
+    wanted, keeps = expect.get("truncation"), store_keeps(manifest)
     if wanted is not None and not wanted.covered_by(keeps):
         problems.append(f"the run reads {wanted.label} but the store keeps {keeps.label}")
     missing = [g for g in expect.get("gammas") or () if float(g) not in manifest["gammas"]]
     if missing:
         problems.append(f"gammas {missing} are not stored (stored: {manifest['gammas']})")
+    stored_t = manifest.get("t_norms", [])
+    missing = [t for t in expect.get("t_norms") or () if float(t) not in stored_t]
+    if missing:
+        problems.append(f"NormKD t_norms {missing} are not stored (stored: {stored_t})")
     need = expect.get("num_items", expect.get("num_sequences"))
     if need is not None and manifest["num_items"] < int(need):
         problems.append(f"it holds {manifest['num_items']} items but the run needs {int(need)}")
@@ -1037,7 +1061,7 @@ def kept_stats(store: LogitsStore, truncation: Truncation | None = None, *, max_
     ``capped_frac``: rows whose top_p prefix was cut by top_k (for k = k_max, counts of a
     top-p-inf truncation are lower bounds on those rows).
     """
-    t = store.resolve(truncation)
+    t = store.geometry(store.resolve(truncation))
     p, k = t.top_p, t.top_k
     T = store.seq_len
     num_items = store.num_items

@@ -7,10 +7,15 @@ student's logits, q = softmax(z / tau_s) over the full vocabulary, tau = teacher
 Teacher side, ``normalization``:
 
 - ``"renormalize"`` (the paper): p_v = softmax_{v in S}(l_v / tau), zero outside S.
-- ``"tail"``: the dropped mass is kept as one extra bucket. At tau = 1 the K+1 bucket masses are
-  exp(l_v) (v in S) and t = 1 - sum_S exp(l_v); for tau != 1 the buckets are tempered as a unit:
-  p = softmax([l_S, log t] / tau) over the K+1 buckets (our definition: the tail is treated as a
-  single pseudo-token, since the individual dropped logits are unknown).
+- ``"tail"``: the dropped mass is kept as one extra bucket, exactly. At tau = 1 the K+1 bucket
+  masses are exp(l_v) (v in S) and t = 1 - sum_S exp(l_v). At tau != 1 they are those of the
+  full-vocabulary tempered teacher: p_v = exp(l_v / tau) / U (v in S) and t = 1 - sum_S p_v, with
+  U = sum over the WHOLE vocabulary of exp(l_u / tau) = sum_u p_u^(1/tau), which the store keeps per
+  row (its statistic log_u_<1/tau>; the planner adds 1/tau to the store's gammas). Without it the
+  loss refuses (a tail tempered as one pseudo-token moves mass the wrong way: at tau = 2 it gave
+  0.042 where the true off-support mass was 0.64). NormKD's per-position tau_T uses the store's
+  log_u_normkd_<t_norm>; AdaKD's per-position tau cannot be served exactly and is refused with
+  ``tail`` (core.config.KDConfig).
 
 Student side: q_v is the student's FULL-vocabulary probability gathered at v in S; it is NOT
 renormalised over S. Its off-support mass is r = 1 - sum_S q_v. With ``"tail"`` the student gets
@@ -59,7 +64,8 @@ from typing import Callable
 import torch
 
 from core.config import ADAPTIVE_METHODS, KD_KINDS, NORMALIZATIONS, KDConfig  # noqa: F401 - re-exported
-from core.types import SparseTeacherBatch, format_gamma
+from core.sampled_kd import check_sampled_kd, sampled_teacher_term
+from core.types import NORMKD_MIN_STD, SparseTeacherBatch, format_gamma, format_t_norm
 
 _LOG2 = math.log(2.0)
 
@@ -132,25 +138,51 @@ def _as_position_tensor(tau: float | torch.Tensor, like: torch.Tensor) -> float 
 
 
 def _teacher_logp(
-    teacher_logprobs: torch.Tensor, valid: torch.Tensor, tau: float | torch.Tensor, normalization: str
+    teacher_logprobs: torch.Tensor, valid: torch.Tensor, tau: float | torch.Tensor, normalization: str,
+    log_u: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Teacher log-probabilities over the kept slots (B, T, K), and the tail bucket's (B, T).
 
-    Pads come back as -inf; the tail is None for renormalize.
+    Pads come back as -inf; the tail is None for renormalize. ``log_u`` (B, T): the row's
+    log sum_v p_v^(1/tau) over the full vocabulary, needed by ``tail`` at tau != 1.
     """
     lp = teacher_logprobs.masked_fill(~valid, float("-inf"))
     tau_b = _as_position_tensor(tau, lp)
     if normalization == "renormalize":
         scaled = lp / tau_b
         return scaled - _masked_logsumexp(scaled, valid).unsqueeze(-1), None
-    # tail: the tau=1 dropped mass t = 1 - sum_S exp(l_v), floored; then the K+1 buckets are
-    # tempered together. log_softmax also fixes kept masses that sum to slightly over 1 (fp16 stores).
+    if isinstance(tau_b, torch.Tensor) or tau_b != 1.0:
+        if log_u is None:
+            raise ValueError("tail normalisation at a temperature other than 1 needs the teacher's "
+                             "full-vocabulary normaliser log sum_v p_v^(1/tau) per position (a store "
+                             "statistic: its gammas must include 1/tau)")
+        return tempered_tail(lp, valid, 1.0 / tau if not isinstance(tau, torch.Tensor) else tau.reciprocal(),
+                             log_u)
+    # tail at tau = 1: the dropped mass t = 1 - sum_S exp(l_v), floored. log_softmax also fixes
+    # kept masses that sum to slightly over 1 (fp16 stores).
     kept = torch.exp(_masked_logsumexp(lp, valid)) * valid.any(-1).to(lp.dtype)
     log_tail = (1.0 - kept).clamp_min(_tail_eps(lp.dtype)).log()
-    buckets = torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1)
-    if isinstance(tau_b, torch.Tensor) or tau_b != 1.0:
-        buckets = buckets / tau_b
-    buckets = torch.log_softmax(buckets, dim=-1)
+    buckets = torch.log_softmax(torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
+    return buckets[..., :-1], buckets[..., -1]
+
+
+def tempered_tail(
+    teacher_logprobs: torch.Tensor, valid: torch.Tensor, gamma: float | torch.Tensor, log_u: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact full-vocabulary teacher p^gamma / U_gamma on the kept slots, and its tail bucket.
+
+    teacher_logprobs: (B, T, K) tau = 1 log-probs l_v (-inf at pads); gamma: a float or (B, T)
+    (gamma = 1 / tau); log_u: (B, T) log U_gamma = log sum_v p_v^gamma over the WHOLE vocabulary.
+    Returns log p_v = gamma * l_v - log U_gamma on S (-inf at pads) and the log of the off-support
+    mass 1 - sum_S p_v (floored at a few ulps), renormalised together over the K + 1 buckets (which
+    only absorbs rounding: the exact masses already sum to 1).
+    """
+    lp = teacher_logprobs.masked_fill(~valid, float("-inf"))
+    scaled = (_as_position_tensor(gamma, lp) * lp - log_u.to(lp.dtype).unsqueeze(-1)).masked_fill(
+        ~valid, float("-inf"))
+    kept = torch.exp(_masked_logsumexp(scaled, valid)) * valid.any(-1).to(lp.dtype)
+    log_tail = (1.0 - kept).clamp_min(_tail_eps(lp.dtype)).log()
+    buckets = torch.log_softmax(torch.cat([scaled, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
     return buckets[..., :-1], buckets[..., -1]
 
 
@@ -288,8 +320,11 @@ def _sparse_kd(
     tau: float | torch.Tensor,
     normalization: str,
     s_logq: torch.Tensor,
+    log_u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Divergence (B, T) from the teacher's kept tau=1 log-probs and the gathered student log-probs."""
+    """Divergence (B, T) from the teacher's kept tau=1 log-probs and the gathered student log-probs.
+
+    log_u: (B, T) log sum_v p_v^(1/tau), for ``tail`` at tau != 1 (``_teacher_logp``)."""
     teacher_logprobs = teacher_logprobs.to(s_logq.dtype)
     if normalization == "renormalize" and kind in ("nll", "kld"):
         # The hot path (the paper's setting): p is a constant, so the loss is a (B, T, K) dot
@@ -298,7 +333,7 @@ def _sparse_kd(
         cross = -(p * s_logq).sum(-1)
         return cross if kind == "nll" else cross + p_log_p
     valid = teacher_logprobs > float("-inf")
-    t_logp, t_tail = _teacher_logp(teacher_logprobs, valid, tau, normalization)
+    t_logp, t_tail = _teacher_logp(teacher_logprobs, valid, tau, normalization, log_u)
     return _divergence(kind, t_logp, t_tail, s_logq, valid)
 
 
@@ -424,6 +459,7 @@ def kd_loss(
     student_temperature: float | torch.Tensor = 1.0,
     normalization: str = "renormalize",
     student_logprobs: torch.Tensor | None = None,
+    teacher_log_u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-position KD divergence between a sparse teacher and the student (module docstring).
 
@@ -433,11 +469,13 @@ def kd_loss(
     student_logprobs: (B, T, V) log_softmax(student_logits) if already computed (gathered from
     when student_temperature == 1); otherwise the student's log-softmax at tau_s is fused with the
     gather and never materialised.
+    teacher_log_u: (B, T) log sum_v p_v^(1/temperature) over the full vocabulary (the store's
+    log_u_<1/tau>): required by ``tail`` at a temperature other than 1.
     Returns (B, T) float32, the raw divergence in nats (no tau^2 factor).
     """
     _check_kd_args(kind, normalization, temperature, student_temperature)
     s_logq = _gathered_student(student_logits, teacher_indices, student_temperature, student_logprobs)
-    return _sparse_kd(kind, teacher_logprobs, temperature, normalization, s_logq)
+    return _sparse_kd(kind, teacher_logprobs, temperature, normalization, s_logq, teacher_log_u)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,8 +486,8 @@ def _stat(teacher: SparseTeacherBatch, key: str, method: str) -> torch.Tensor:
     if key not in teacher.stats:
         have = ", ".join(sorted(teacher.stats)) or "none"
         raise ValueError(
-            f"adaptive={method!r} needs the teacher statistic {key!r} (computed over the full "
-            f"vocabulary at extraction time); the teacher batch has: {have}"
+            f"{method} needs the teacher statistic {key!r} (computed over the full vocabulary when "
+            f"the logits were extracted); the teacher batch has: {have}"
         )
     stat = teacher.stats[key]
     return stat.to(_float_dtype(stat))
@@ -576,10 +614,11 @@ def _student_temperature(kd: KDConfig) -> float | None:
 
 @adaptive("normkd", student_temperature=lambda kd: None)
 def _normkd(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref):
-    tau_t = kd.t_norm * _stat(teacher, "std", "normkd")
+    tau_t = kd.t_norm * _stat(teacher, "std", "normkd").clamp_min(NORMKD_MIN_STD)
     tau_s = kd.t_norm * student_logits.to(_float_dtype(student_logits)).std(dim=-1)
     s_logq = _gathered_student(student_logits, teacher.indices, tau_s, None)
-    return tau_t.square() * _sparse_kd(kd.kind, teacher.logprobs, tau_t, kd.normalization, s_logq)
+    log_u = _stat(teacher, format_t_norm(kd.t_norm), "normkd") if kd.normalization == "tail" else None
+    return tau_t.square() * _sparse_kd(kd.kind, teacher.logprobs, tau_t, kd.normalization, s_logq, log_u)
 
 
 @adaptive("wttm", student_temperature=lambda kd: 1.0)
@@ -590,11 +629,8 @@ def _wttm(student_logits, teacher, kd, s_logq, adakd_sd_batch_ref):
     else:
         lp = teacher.logprobs.to(s_logq.dtype)
         valid = lp > float("-inf")
-        scaled = (kd.wttm_gamma * lp - log_u.unsqueeze(-1)).masked_fill(~valid, float("-inf"))
-        kept = torch.exp(_masked_logsumexp(scaled, valid)) * valid.any(-1).to(lp.dtype)
-        log_tail = (1.0 - kept).clamp_min(_tail_eps(lp.dtype)).log()
-        buckets = torch.log_softmax(torch.cat([scaled, log_tail.unsqueeze(-1)], dim=-1), dim=-1)
-        div = _divergence(kd.kind, buckets[..., :-1], buckets[..., -1], s_logq, valid)
+        t_logp, t_tail = tempered_tail(lp, valid, kd.wttm_gamma, log_u)
+        div = _divergence(kd.kind, t_logp, t_tail, s_logq, valid)
     return kd.wttm_beta * log_u.exp() * div
 
 
@@ -624,6 +660,10 @@ def kd_loss_from_config(
     student_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The KD term (B, T) as it enters the loss: kd_loss or adaptive_kd_loss, tau^2 if asked."""
+    if teacher.sampled:  # importance-sampled rows: core.sampled_kd's unbiased estimate
+        check_sampled_kd(kd)
+        return sampled_teacher_term(teacher, kd, _gathered_student(student_logits, teacher.indices, 1.0,
+                                                                    student_logprobs))
     if kd.adaptive is not None:
         return adaptive_kd_loss(student_logits, teacher, kd, student_logprobs)
     s_logq = _gathered_student(student_logits, teacher.indices, kd.student_temperature, student_logprobs)
@@ -631,7 +671,10 @@ def kd_loss_from_config(
 
 
 def _static_term(teacher: SparseTeacherBatch, kd: KDConfig, s_logq: torch.Tensor) -> torch.Tensor:
-    div = _sparse_kd(kd.kind, teacher.logprobs, kd.temperature, kd.normalization, s_logq)
+    log_u = None
+    if kd.normalization == "tail" and kd.temperature != 1.0:
+        log_u = _stat(teacher, format_gamma(1.0 / kd.temperature), f"tail at temperature {kd.temperature:g}")
+    div = _sparse_kd(kd.kind, teacher.logprobs, kd.temperature, kd.normalization, s_logq, log_u)
     return div * kd.temperature**2 if kd.scale_by_temperature_sq else div
 
 
@@ -672,6 +715,8 @@ def distillation_loss(
     norm = count.clamp_min(1) if num_tokens is None else num_tokens
     safe = torch.where(keep, labels, torch.zeros_like(labels)).unsqueeze(-1)
     use_kd = teacher is not None and float(alpha) > 0.0
+    if use_kd and teacher.sampled:
+        check_sampled_kd(kd)  # importance-sampled rows (core.sampled_kd): kld / nll at τ = 1 only
     # The student's log-softmax is computed once, fused with one gather of [label, kept ids]
     # (log_softmax_gather): the (B, T, V) log-probs are never materialised. Only a tempered or
     # NormKD student needs a second pass over the vocabulary.
@@ -692,7 +737,7 @@ def distillation_loss(
     else:
         if s_logq is None:
             s_logq = _gathered_student(student_logits, teacher.indices, kd.student_temperature, None)
-        kd_pos = _static_term(teacher, kd, s_logq)
+        kd_pos = sampled_teacher_term(teacher, kd, s_logq) if teacher.sampled else _static_term(teacher, kd, s_logq)
     kd_sum = (kd_pos * keep_f).sum()
     loss = ((1.0 - alpha) * lm_sum + alpha * kd_sum) / norm
     return LossParts(loss=loss, lm_sum=lm_sum, kd_sum=kd_sum, num_tokens=count)

@@ -23,18 +23,34 @@ class SparseTeacherBatch:
     indices: torch.Tensor
     logprobs: torch.Tensor
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    sampled: bool = False
+    """True: rows are importance samples (core.sampled_kd): ``logprobs`` holds log-weights log w_v,
+    not log-probabilities, and the KD loss is the sampled estimate."""
 
     def to(self, device: torch.device | str) -> "SparseTeacherBatch":
         return SparseTeacherBatch(
             self.indices.to(device, non_blocking=True),
             self.logprobs.to(device, non_blocking=True),
             {k: v.to(device, non_blocking=True) for k, v in self.stats.items()},
+            self.sampled,
         )
 
 
 def format_gamma(gamma: float) -> str:
     """Stable key for a WTTM gamma: 0.7 -> 'log_u_0.7'."""
     return f"log_u_{float(gamma):g}"
+
+
+#: NormKD's tau_T = t_norm * std is floored at t_norm * this (a constant row has std 0); the store's
+#: normaliser (core.logits_math.row_stats) and the loss (core.losses) use the same floor.
+NORMKD_MIN_STD = 1e-6
+
+
+def format_t_norm(t_norm: float) -> str:
+    """Stable key for NormKD's exact tempered normaliser at t_norm: 2 -> 'log_u_normkd_2'.
+
+    The statistic is log sum_v p_v^(1 / tau_T) with the row's own tau_T = t_norm * std(z)."""
+    return f"log_u_normkd_{float(t_norm):g}"
 
 
 class TeacherSignal(Protocol):

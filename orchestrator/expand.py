@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Mapping
 
 from core.config import LM_ONLY_ALPHA, EvalConfig, KDConfig, LogitsStoreConfig, TrainConfig, Truncation
-from core.settings import config_dict, study_excluded
+from core.settings import build, config_dict, study_excluded
 from core.utils import DATA_FORMAT_VERSION
 from orchestrator.errors import StudyError
 from orchestrator.identity import CONFIG_VERSION, unit_hash
@@ -119,6 +119,8 @@ def teacher_spec(study: Study, name: str) -> TeacherSpec:
         if t.online.capture:
             keeps = online_keeps(study, t)
             online = {"capture": True, **config_dict(keeps), "gammas": sorted(set(study.logits.gammas))}
+            if study.logits.t_norms:  # absent at its default: older teacher hashes stay
+                online["t_norms"] = sorted(set(study.logits.t_norms))
         config = {"config_version": CONFIG_VERSION, "kind": "teacher", "origin": "scratch", "name": name,
                   "size": t.size, **_training_dict(train_config(t), study, drop=NOT_FOR_TEACHERS), "online": online}
     return TeacherSpec(name=name, config=config, config_hash=unit_hash("teacher", config))
@@ -143,10 +145,14 @@ def logits_spec(study: Study, teacher: str) -> LogitsSpec:
         raise StudyError([("teacher", f"{teacher!r} is not defined under teachers:"
                                       + did_you_mean(teacher, study.teachers))])
     t = teacher_spec(study, teacher)
-    offline = [trial.config["tokens"] for trial in expand(study)
-               if trial.config["teacher"] == teacher and trial.config["logits"]["source"] == "offline"]
-    store = to_core(study.logits, LogitsStoreConfig)
-    store = replace(store, gammas=sorted(set(store.gammas)))
+    readers = [trial.config for trial in expand(study)
+               if trial.config["teacher"] == teacher and trial.config["logits"]["source"] == "offline"
+               and trial.config["logits"].get("samples") is None]  # sampled readers: orchestrator.sampling
+    offline = [cfg["tokens"] for cfg in readers]
+    # every full-vocabulary statistic its students read (WTTM's γ, 1/τ for an exact tail, NormKD's
+    # t_norm with tail) is added; a store that needs none keeps the declared lists, and its hash
+    store = to_core(study.logits, LogitsStoreConfig).with_stats_for(
+        [build(KDConfig, cfg["kd"]) for cfg in readers if cfg.get("kd") is not None])
     config = {
         "config_version": CONFIG_VERSION,
         "kind": "logits",

@@ -22,6 +22,7 @@ from core.memory import (GB, MemoryEstimate, TeacherFootprint, inference_memory,
 from core.sizes import get_size, param_counts
 from core.utils import DATA_FORMAT_VERSION
 from orchestrator.identity import logits_unit_hash, unit_hash
+from orchestrator.sampling import sampling_of
 
 # Throughput assumptions for estimates (stated in `pdspace plan`'s output).
 CPU_FLOPS_PER_S = 4.0e10  # one trial on one CPU core, fp32, measured range 3-6e10 (CPU_SCALE.md)
@@ -128,15 +129,47 @@ def _training_memory(cfg: dict, size: str, vocab_size: int, seq_len: int, resour
     ev = cfg.get("eval") or {}
     est = training_memory(size, vocab_size, seq_len, micro, workers=workers, bf16=bf16, on_gpu=on_gpu, fused=fused,
                           eval_batch_size=ev.get("batch_size", 16), heldout_sequences=ev.get("heldout_sequences", 64),
-                          teacher=teacher, teacher_top_k=(cfg.get("logits") or {}).get("top_k") or 100)
+                          teacher=teacher, teacher_top_k=(cfg.get("logits") or {}).get("samples")
+                          or (cfg.get("logits") or {}).get("top_k") or 100)
     return _memory(est)
+
+
+def _logits_unit(name: str, label: str | None, spec: Any, tspec: dict, footprint: TeacherFootprint | None,
+                 data_unit: Unit, teacher_units: dict[str, Unit], vocab: int, seq_len: int,
+                 resources: dict) -> Unit:
+    """The extraction unit of one offline store of teacher ``name`` (``label``: its sampling, or
+    None for the truncated store), with its time, memory and size estimates."""
+    deps = [data_unit.config_hash] + ([teacher_units[name].config_hash] if name in teacher_units else [])
+    est = {}
+    if tspec.get("size"):
+        est = _estimate(tspec["size"], vocab, seq_len, spec.config["num_tokens"] or 0,
+                        resources["gpus"], 1, forward_only=True)
+    if footprint is not None:
+        batch = (spec.config.get("execution") or {}).get("batch_size", LogitsStoreConfig.batch_size)
+        est.update(_memory(inference_memory(footprint, vocab, seq_len, batch, size=tspec.get("size"),
+                                            on_gpu=resources["gpus"] > 0)))
+    est["bytes_per_token"] = store_bytes_per_token(spec.config, vocab)
+    est["store_bytes"] = (spec.config["num_tokens"] or 0) * est["bytes_per_token"]
+    logits_hash = logits_unit_hash(spec.config_hash, spec.config["num_tokens"])
+    trial_id = f"logits:{name}" + (f":{label}" if label else "")
+    return Unit(kind="logits", trial_id=trial_id, config=spec.config, config_hash=logits_hash, deps=tuple(deps),
+                resources={**resources, "workers": 1}, estimate=est)
+
+
+def store_bytes_per_token(config: dict, vocab_size: int) -> float:
+    """Estimated entry bytes per token of a logits store config: kept entries times the format's
+    bytes per entry (LOGITS_STORE_BYTES_PER_ENTRY, at V = 151,552). A truncated store keeps
+    min(top_k_max, EST_KEPT_PER_TOKEN) entries; a sampled one at most its samples (its distinct
+    draws). The per-row statistics (4 bytes each) are not included."""
+    sampling = config.get("sampling")
+    kept = sampling["samples"] if sampling else min(config["top_k_max"], EST_KEPT_PER_TOKEN)
+    return kept * LOGITS_STORE_BYTES_PER_ENTRY[config.get("format_version", 1)]
 
 
 def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
     """Expand ``study`` (orchestrator.study.Study) into units in dependency order."""
     res = study.resources
     resources = {"cpus": res.cpus_per_trial, "gpus": res.gpus_per_trial, "workers": res.workers_per_trial}
-    one_worker = {**resources, "workers": 1}
     data_spec = study.data_spec()
     vocab = data_spec.get("vocab_size") or 4096
     seq_len = data_spec["seq_len"]
@@ -158,30 +191,18 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
                  deps=(data_unit.config_hash,), resources=resources, estimate=est)
         teacher_units[name] = u
     footprints = {name: _teacher_footprint(name, spec.config, vocab) for name, spec in teachers.items()}
-    logits_units: dict[str, Unit] = {}
+    # One truncated store per teacher (when a student reads truncation) and one per sampling
+    # (orchestrator.sampling), keyed (teacher, sampling label or None).
+    logits_units: dict[tuple[str, str | None], Unit] = {}
     for name in teachers:
-        if not any(t.config["teacher"] == name and (t.config["logits"] or {}).get("source") == "offline"
-                   for t in trials):
-            continue
-        spec = study.logits_spec(name)
-        deps = [data_unit.config_hash] + ([teacher_units[name].config_hash] if name in teacher_units else [])
-        tspec = teachers[name].config
-        est = {}
-        if tspec.get("size"):
-            est = _estimate(tspec["size"], vocab, seq_len, spec.config["num_tokens"] or 0,
-                            resources["gpus"], 1, forward_only=True)
-        footprint = footprints[name]
-        if footprint is not None:
-            batch = (spec.config.get("execution") or {}).get("batch_size", LogitsStoreConfig.batch_size)
-            est.update(_memory(inference_memory(footprint, vocab, seq_len, batch, size=tspec.get("size"),
-                                                on_gpu=resources["gpus"] > 0)))
-        kept = min(spec.config["top_k_max"], EST_KEPT_PER_TOKEN)
-        est["store_bytes"] = ((spec.config["num_tokens"] or 0) * kept
-                              * LOGITS_STORE_BYTES_PER_ENTRY[spec.config.get("format_version", 1)])
-        logits_hash = logits_unit_hash(spec.config_hash, spec.config["num_tokens"])
-        logits_units[name] = Unit(kind="logits", trial_id=f"logits:{name}", config=spec.config,
-                                  config_hash=logits_hash, deps=tuple(deps), resources=one_worker,
-                                  estimate=est)
+        specs = []
+        if any(t.config["teacher"] == name and (t.config["logits"] or {}).get("source") == "offline"
+               and sampling_of(t.config) is None for t in trials):
+            specs.append((None, study.logits_spec(name)))
+        specs += [(rule.label, spec) for rule, spec in study.sampled_logits_specs(name)]
+        for label, spec in specs:
+            logits_units[(name, label)] = _logits_unit(name, label, spec, teachers[name].config, footprints[name],
+                                                       data_unit, teacher_units, vocab, seq_len, resources)
     seen: dict[str, Unit] = {}
     aliases: list[tuple[str, Unit]] = []
     trial_units: list[Unit] = []
@@ -198,8 +219,10 @@ def build_plan(study: Any, artifacts: Path | None = None) -> Plan:
             if teacher in teacher_units:
                 deps.append(teacher_units[teacher].config_hash)
             if cfg["logits"]["source"] == "offline":
-                deps.append(logits_units[teacher].config_hash)
-                cfg["logits_hash"] = logits_units[teacher].config_hash
+                rule = sampling_of(cfg)
+                store = logits_units[(teacher, rule.label if rule is not None else None)]
+                deps.append(store.config_hash)
+                cfg["logits_hash"] = store.config_hash
         est = _estimate(cfg["student"], vocab, seq_len, cfg["tokens"], resources["gpus"], resources["workers"])
         cfg.update(num_params=est["num_params"], num_non_embedding_params=est["num_non_embedding_params"],
                    flops_per_token=est["flops_per_token"])
@@ -352,6 +375,17 @@ def _store_lines(plan: Plan) -> list[str]:
         version = u.config.get("format_version", 1)
         text = f"{u.trial_id}: store format {version}" + (
             " (exact 16-bit values)" if version == 1 else f" (compact; target mean KL {u.config.get('target_kl', 5e-4):g})")
+        sampling = u.config.get("sampling")
+        rows = (f"sampled, {sampling['samples']} draws per token at proposal temperature "
+                f"{sampling['proposal_temperature']:g}" if sampling else
+                f"top-{u.config['top_p_max']:g}-{u.config['top_k_max']}")
+        if "bytes_per_token" in u.estimate:
+            text += f"; {rows}; ~{u.estimate['bytes_per_token']:.0f} B/token estimated"
+        kept = [f"log U_γ at γ = {', '.join(f'{g:g}' for g in u.config['gammas'])}"] if u.config.get("gammas") else []
+        if u.config.get("t_norms"):
+            kept.append(f"NormKD's exact normaliser at t_norm = {', '.join(f'{t:g}' for t in u.config['t_norms'])}")
+        if kept:
+            text += "; per row, full-vocabulary " + " and ".join(kept)
         manifest = root / "logits" / u.config_hash / "store" / "manifest.json"
         if version == 2 and manifest.exists():
             records = [r for r in json.loads(manifest.read_text()).get("shards", []) if r.get("distortion")]

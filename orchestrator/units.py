@@ -140,6 +140,12 @@ def _fresh_model(unit: dict[str, Any], artifacts: str, size: str):
     return cfg, data, model
 
 
+def _stats_expected(kd) -> dict[str, list[float]]:
+    """The store statistics a KD term reads, as LogitsStore.open expectations."""
+    gammas, t_norms = kd.stats_needed() if kd is not None else ([], [])
+    return {"gammas": gammas, "t_norms": t_norms}
+
+
 def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRecorder, device: str) -> None:
     from core.trainer import train
 
@@ -152,7 +158,7 @@ def run_teacher(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         on = cfg["online"]
         capture = OnlineCapture(
             out_dir / "online_logits", vocab_size=data.vocab_size, seq_len=data.seq_len,
-            keeps=Truncation(on["top_p"], on["top_k"]), gammas=on["gammas"],
+            keeps=Truncation(on["top_p"], on["top_k"]), gammas=on["gammas"], t_norms=on.get("t_norms", ()),
             teacher_id=cfg["name"], teacher_hash=unit["config_hash"],
             tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
         )
@@ -176,8 +182,12 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
     check_vocab_compatible(model.config.vocab_size, data.vocab_size,
                            model=f"teacher {cfg.get('pretrained') or cfg['teacher']!r}")
     num_sequences = len(student_examples(data, cfg["num_tokens"] or data.num_tokens("train")))
+    sampling = cfg.get("sampling")  # a sampled store (core.sampled_kd): its own rule and seed
+    keeps = store.keeps if not sampling else Truncation(
+        samples=sampling["samples"], proposal_temperature=sampling["proposal_temperature"])
     path = extract_logits(
-        model, data, out_dir / "store", split="train", keeps=store.keeps, gammas=store.gammas,
+        model, data, out_dir / "store", split="train", keeps=keeps, gammas=store.gammas, t_norms=store.t_norms,
+        sampling_seed=(sampling or {}).get("seed", 0),
         batch_size=store.batch_size, format_version=store.format_version, target_kl=store.target_kl,
         shard_tokens=store.shard_tokens, device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
         teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
@@ -200,8 +210,10 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
 
     store = LogitsStore.open(store_path)
     keeps = store.keeps
-    points = {Truncation(p, keeps.top_k) for p in PAPER_TOP_P if p <= keeps.top_p}
-    points |= {Truncation(keeps.top_p, k) for k in PAPER_TOP_K if k <= keeps.top_k}
+    points = set()  # a sampled store serves only its sampling: no (p, k) grid, its size below
+    if not keeps.sampled:
+        points = {Truncation(p, keeps.top_k) for p in PAPER_TOP_P if p <= keeps.top_p}
+        points |= {Truncation(keeps.top_p, k) for k in PAPER_TOP_K if k <= keeps.top_k}
     rows = []
     for t in sorted(points, key=lambda t: (t.top_p, t.top_k)):
         st = kept_stats(store, t)
@@ -210,6 +222,10 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
                                                  "capped_frac", "sampled_rows")}})
     rec.kept_stats(rows)
     row = {"step": 0, "tokens": num_tokens, "store_bytes": store.storage()["bytes"]}
+    if keeps.sampled:  # its measured size per token (entries and counts; statistics apart)
+        size = store.storage()
+        row.update(store_bytes_per_token=size["bytes_per_token"],
+                   store_entries_per_token=size["mean_entries_per_token"])
     if store.distortion is not None:  # a compact (format 2) store reports what it lost
         row.update(store_mean_kl=store.distortion["mean_kl"], store_p999_kl=store.distortion["p999_kl"])
     rec.metrics(row)
@@ -235,7 +251,7 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         store = LogitsStore.open(store_dir, expect={
             "tokenizer_hash": data.tokenizer_hash, "data_hash": data.hash, "seq_len": data.seq_len,
             "vocab_size": model.config.vocab_size, "teacher_hash": cfg["teacher_hash"],
-            "truncation": trunc,
+            "truncation": trunc, **_stats_expected(tcfg.kd),
         })
         store.verify()
         if lg["source"] == "online":
@@ -249,7 +265,8 @@ def run_student(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunRec
         teacher = StoreTeacher(store, trunc, entries=entries)
         pretrained = cfg.get("teacher_pretrained")
         val_teacher = LiveTeacher(_teacher_model(pretrained, cfg["teacher_hash"], artifacts, device),
-                                  trunc, gammas=store.gammas, memoize=True)
+                                  trunc if not trunc.sampled else Truncation(),  # sampled: held-out KL at the default cut
+                                  gammas=store.gammas, t_norms=store.t_norms, memoize=True)
     evaluate = _evaluator(cfg, data, artifacts, device, val_teacher=val_teacher,
                           total_tokens=_total_tokens(tcfg, data))
     result = train(tcfg, model, data, run_dir=out_dir, teacher=teacher, report=rec.report,

@@ -15,10 +15,11 @@ from typing import Any, Mapping, Sequence
 
 from pydantic import BaseModel, ValidationError
 
-from core.config import LogitsStoreConfig, TrainConfig, Truncation
+from core.config import KDConfig, LogitsStoreConfig, TrainConfig, Truncation
 from core.settings import ConfigError, unwrap, yaml_name
 from orchestrator.errors import StudyError
 from orchestrator.expand import is_lm_only, online_keeps
+from orchestrator.sampling import sampled_run_problems
 from orchestrator.overrides import apply_to_run, check_run_path, model_at, short_name, suggest_field
 from orchestrator.schema import (SCRATCH_TEACHER_FIELDS, RunConfig, Study, TeacherConfig, did_you_mean, fmt, show,
                                  size_problem, to_core)
@@ -175,6 +176,8 @@ def _run_problems(study: Study, run: RunConfig) -> tuple[list[Problem], list[Pro
                                            f"teacher {run.teacher!r} (use its tokenizer, e.g. "
                                            f"{teacher.pretrained!r})"))
     kd, src = run.kd, run.logits_source
+    if kd.samples is not None:  # sampled KD reads its own offline store (orchestrator.sampling)
+        return rel + sampled_run_problems(study, run), absolute
     if src.kind == "online":
         if teacher.pretrained is not None:
             rel.append(("logits_source", f"online logits need a teacher trained from scratch with "
@@ -212,9 +215,16 @@ def _run_problems(study: Study, run: RunConfig) -> tuple[list[Problem], list[Pro
         suffix = "" if store != "logits" else "_max"
         rel.append((f"kd.{exc.field}", f"must be <= {store}.{exc.field}{suffix} ({fmt(getattr(keeps, exc.field))}), "
                                        f"the truncation the store keeps; got {fmt(getattr(kd, exc.field))}"))
-    if kd.adaptive == "wttm" and not to_core(study.logits, LogitsStoreConfig).has_gamma(kd.wttm_gamma):
-        rel.append(("kd.wttm_gamma", f"{fmt(kd.wttm_gamma)} must be listed in logits.gammas (the store "
-                                     f"keeps log U_γ only for those; got {fmt(study.logits.gammas)})"))
+    if store != "logits":
+        # an offline store gets every statistic its students read (expand.logits_spec); an online
+        # capture keeps the declared ones only, so a student that needs another is refused here
+        try:
+            missing = to_core(study.logits, LogitsStoreConfig).missing_stats(to_core(kd, KDConfig))
+        except ConfigError:
+            missing = []  # an invalid kd section is reported on its own
+        if missing:
+            rel.append(("kd", f"reads full-vocabulary statistics that {store}'s capture does not keep; add "
+                              f"{', '.join(missing)} to the study (the teacher then captures them)"))
     return rel, absolute
 
 

@@ -93,6 +93,41 @@ def test_extraction_from_an_array_of_sequences(tmp_path, model):
                           batch_size=5, shard_tokens=1 << 20, num_sequences=4, **HASHES) == path
 
 
+def test_store_keeps_the_exact_tempered_normalisers_a_study_needs(tmp_path, model):
+    # issue 15: log U_(1/tau) for tail at tau = 2 and NormKD's per-row normaliser at t_norm = 2,
+    # from the full logits at extraction; a store without them is refused when a run needs them
+    import math
+
+    from core.config import KDConfig
+    from core.losses import kd_loss_from_config
+    from core.types import SparseTeacherBatch
+
+    seqs = FakePackedData(seed=4).sequences("train", np.arange(3))
+    path = extract_logits(model, seqs, tmp_path / "t", keeps=Truncation(0.9, 12), gammas=[0.5], t_norms=[2.0],
+                          batch_size=3, shard_tokens=1 << 20, **HASHES)
+    store = LogitsStore.open(path, expect={"gammas": [0.5], "t_norms": [2.0]})
+    assert store.t_norms == [2.0] and store.stat_keys == ["entropy", "std", "log_u_0.5", "log_u_normkd_2"]
+    full = teacher_logits(model, seqs).double()
+    lp = torch.log_softmax(full, -1)
+    batch = store.batch(np.arange(3))
+    torch.testing.assert_close(batch.stats["log_u_0.5"].double(), torch.logsumexp(0.5 * lp, -1), rtol=1e-5, atol=1e-5)
+    tau_t = 2.0 * full.std(-1, keepdim=True)
+    torch.testing.assert_close(batch.stats["log_u_normkd_2"].double(), torch.logsumexp(lp / tau_t, -1),
+                               rtol=1e-4, atol=1e-4)
+    # the stored statistics make the tempered tail exact: a student equal to the tempered teacher
+    # scores (almost) 0 at tau = 2 (16-bit stored log-probs: ~1e-4)
+    teacher = SparseTeacherBatch(batch.indices, batch.logprobs, batch.stats)
+    kl = kd_loss_from_config((full / 2.0).float(), teacher, KDConfig(normalization="tail", temperature=2.0))
+    assert kl.abs().max() < 1e-3
+    kl = kd_loss_from_config(full.float(), teacher, KDConfig(adaptive="normkd", normalization="tail"))
+    assert kl.abs().max() / (tau_t.max().item() ** 2) < 1e-3 and math.isfinite(kl.sum().item())
+    plain = extract_logits(model, seqs, tmp_path / "p", keeps=Truncation(0.9, 12), gammas=[],
+                           batch_size=3, shard_tokens=1 << 20, **HASHES)
+    with pytest.raises(StoreMismatchError, match=r"NormKD t_norms \[2.0\] are not stored"):
+        LogitsStore.open(plain, expect={"t_norms": [2.0]})
+    assert "t_norms" not in LogitsStore.open(plain).manifest  # a store without them is as before
+
+
 class Interrupt(Exception):
     pass
 

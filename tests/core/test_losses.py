@@ -21,7 +21,9 @@ from core.losses import (
     log_softmax_gather,
 )
 import core.losses as losses_module
-from core.types import SparseTeacherBatch, format_gamma
+from core.logits_math import row_stats, truncate_and_stats
+from core.config import Truncation
+from core.types import SparseTeacherBatch, format_gamma, format_t_norm
 
 torch.set_num_threads(1)
 
@@ -62,8 +64,10 @@ def _bucket_div(kind: str, p: np.ndarray, q: np.ndarray) -> float:
     raise AssertionError(kind)
 
 
-def ref_position(kind, z, idx, lp, tau, tau_s, normalization):
-    """Reference KD divergence at one position. z: (V,) student logits; idx, lp: (K,) teacher."""
+def ref_position(kind, z, idx, lp, tau, tau_s, normalization, full=None):
+    """Reference KD divergence at one position. z: (V,) student logits; idx, lp: (K,) teacher;
+    full: (V,) the teacher's full-vocabulary logits (tail at tau != 1 tempers the WHOLE
+    distribution, then buckets it into the kept ids and the rest)."""
     keep = np.isfinite(lp)
     idx, lp = idx[keep], lp[keep]
     q = _softmax(z / tau_s)  # full-vocabulary student
@@ -78,21 +82,26 @@ def ref_position(kind, z, idx, lp, tau, tau_s, normalization):
         p = np.zeros(V)
         p[idx] = p_s
         return _bucket_div(kind, p, q)  # the full-vocabulary divergence
-    tail = 1.0 - np.exp(lp).sum()
-    p = _softmax(np.log(np.append(np.exp(lp), tail)) / tau)
+    if full is None:
+        assert tau == 1.0, "tail at tau != 1: pass the full teacher"
+        p_kept = np.exp(lp)
+    else:
+        p_kept = _softmax(full / tau)[idx]
+    p = np.append(p_kept, 1.0 - p_kept.sum())
     qb = np.append(q[idx], 1.0 - q[idx].sum())
     return _bucket_div(kind, p, qb)
 
 
-def ref_kd(kind, z, idx, lp, tau=1.0, tau_s=1.0, normalization="renormalize"):
-    """(B, T) reference; tau, tau_s may be floats or (B, T) arrays."""
+def ref_kd(kind, z, idx, lp, tau=1.0, tau_s=1.0, normalization="renormalize", full=None):
+    """(B, T) reference; tau, tau_s may be floats or (B, T) arrays; full: (B, T, V) teacher logits."""
     B, T, _ = z.shape
     out = np.zeros((B, T))
     for b in range(B):
         for t in range(T):
             tb = tau[b, t] if isinstance(tau, np.ndarray) else tau
             ts = tau_s[b, t] if isinstance(tau_s, np.ndarray) else tau_s
-            out[b, t] = ref_position(kind, z[b, t], idx[b, t], lp[b, t], tb, ts, normalization)
+            out[b, t] = ref_position(kind, z[b, t], idx[b, t], lp[b, t], tb, ts, normalization,
+                                     None if full is None else full[b, t])
     return out
 
 
@@ -122,7 +131,7 @@ def make_student(B=2, T=3, V=40, seed=1, dtype=torch.float64):
     return torch.randn(B, T, V, generator=g, dtype=dtype) * 1.5
 
 
-def make_stats(full_logits: torch.Tensor, gammas=(0.8,)) -> dict[str, torch.Tensor]:
+def make_stats(full_logits: torch.Tensor, gammas=(0.8,), t_norms=()) -> dict[str, torch.Tensor]:
     lp = torch.log_softmax(full_logits, dim=-1)
     stats = {
         "entropy": -(lp.exp() * lp).sum(-1),
@@ -130,7 +139,14 @@ def make_stats(full_logits: torch.Tensor, gammas=(0.8,)) -> dict[str, torch.Tens
     }
     for gm in gammas:
         stats[format_gamma(gm)] = torch.logsumexp(gm * lp, dim=-1)
+    for t in t_norms:
+        stats[format_t_norm(t)] = torch.logsumexp(lp / (t * stats["std"]).unsqueeze(-1), dim=-1)
     return stats
+
+
+def log_u(full_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """log sum_v p_v^(1/tau) over the full vocabulary (what a store keeps as log_u_<1/tau>)."""
+    return torch.logsumexp(torch.log_softmax(full_logits, dim=-1) / tau, dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,10 +157,11 @@ def make_stats(full_logits: torch.Tensor, gammas=(0.8,)) -> dict[str, torch.Tens
 @pytest.mark.parametrize("kind", KD_KINDS)
 @pytest.mark.parametrize("tau,tau_s", [(1.0, 1.0), (2.0, 1.0), (0.5, 2.0)])
 def test_kd_matches_dense_reference(kind, normalization, tau, tau_s):
-    _, _, idx, lp = make_teacher()
+    full, _, idx, lp = make_teacher()
     z = make_student()
-    got = kd_loss(z, idx, lp, kind=kind, temperature=tau, student_temperature=tau_s, normalization=normalization)
-    want = ref_kd(kind, z.numpy(), idx.numpy(), lp.numpy(), tau, tau_s, normalization)
+    got = kd_loss(z, idx, lp, kind=kind, temperature=tau, student_temperature=tau_s, normalization=normalization,
+                  teacher_log_u=log_u(full, tau))
+    want = ref_kd(kind, z.numpy(), idx.numpy(), lp.numpy(), tau, tau_s, normalization, full.numpy())
     assert got.shape == (2, 3)
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9, atol=1e-10)
 
@@ -152,10 +169,12 @@ def test_kd_matches_dense_reference(kind, normalization, tau, tau_s):
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_float32_close_to_reference(kind, normalization):
-    _, _, idx, lp = make_teacher(dtype=torch.float32, V=300, K=20)
+    full, _, idx, lp = make_teacher(dtype=torch.float32, V=300, K=20)
     z = make_student(dtype=torch.float32, V=300)
-    got = kd_loss(z, idx, lp, kind=kind, normalization=normalization, temperature=0.7)
-    want = ref_kd(kind, z.double().numpy(), idx.numpy(), lp.double().numpy(), 0.7, 1.0, normalization)
+    got = kd_loss(z, idx, lp, kind=kind, normalization=normalization, temperature=0.7,
+                  teacher_log_u=log_u(full, 0.7))
+    want = ref_kd(kind, z.double().numpy(), idx.numpy(), lp.double().numpy(), 0.7, 1.0, normalization,
+                  full.double().numpy())
     assert got.dtype == torch.float32
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=2e-5)
 
@@ -216,7 +235,8 @@ def test_full_teacher_equals_dense_loss(kind, normalization):
     lp, idx = full_lp.topk(V, dim=-1)
     z = make_student()
     tau, tau_s = 1.7, 1.3
-    got = kd_loss(z, idx, lp, kind=kind, temperature=tau, student_temperature=tau_s, normalization=normalization)
+    got = kd_loss(z, idx, lp, kind=kind, temperature=tau, student_temperature=tau_s, normalization=normalization,
+                  teacher_log_u=log_u(full, tau))
     want = _dense_torch(kind, torch.softmax(full / tau, -1), torch.log_softmax(z / tau_s, -1))
     # tail: the empty tail bucket is floored at ~1e-15 in float64.
     torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
@@ -225,13 +245,14 @@ def test_full_teacher_equals_dense_loss(kind, normalization):
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 @pytest.mark.parametrize("kind", KD_KINDS)
 def test_padding_is_ignored(kind, normalization):
-    _, _, idx, lp = make_teacher(pad=False, K=4)
+    full, _, idx, lp = make_teacher(pad=False, K=4)
     z = make_student()
-    base = kd_loss(z, idx, lp, kind=kind, normalization=normalization, temperature=0.8)
+    u = log_u(full, 0.8)
+    base = kd_loss(z, idx, lp, kind=kind, normalization=normalization, temperature=0.8, teacher_log_u=u)
     # Append padded slots whose ids collide with kept ids or are arbitrary.
     pad_idx = torch.cat([idx, idx[..., :2], torch.zeros_like(idx[..., :1])], dim=-1)
     pad_lp = torch.cat([lp, torch.full_like(lp[..., :3], NEG_INF)], dim=-1)
-    padded = kd_loss(z, pad_idx, pad_lp, kind=kind, normalization=normalization, temperature=0.8)
+    padded = kd_loss(z, pad_idx, pad_lp, kind=kind, normalization=normalization, temperature=0.8, teacher_log_u=u)
     torch.testing.assert_close(padded, base, rtol=1e-12, atol=1e-12)
 
 
@@ -262,17 +283,61 @@ def test_tail_vs_renormalize_with_teacher_as_student():
     torch.testing.assert_close(ren, -kept.log())
 
 
-def test_tail_temperature_tempers_the_tail_bucket():
-    # For tau != 1 the K+1 buckets (kept entries + the tail as one pseudo-token) are tempered together.
-    _, _, idx, lp = make_teacher(pad=False, K=3, seed=5)
-    tau = 3.0
-    z = make_student()
-    got = kd_loss(z, idx, lp, kind="nll", normalization="tail", temperature=tau)
-    masses = torch.cat([lp.exp(), (1 - lp.exp().sum(-1, keepdim=True))], dim=-1)
-    p = torch.softmax(masses.log() / tau, dim=-1)
+@pytest.mark.parametrize("tau", [0.5, 2.0])
+@pytest.mark.parametrize("kind", KD_KINDS)
+def test_tail_at_temperature_is_the_tempered_full_teacher(kind, tau):
+    # Issue 15: tail at tau != 1 uses the true off-support mass of the tempered FULL teacher, from
+    # the statistic a store keeps (row_stats at extraction), and equals the dense computation:
+    # temper the whole V-token teacher, then bucket it into the kept ids and everything else.
+    g = torch.Generator().manual_seed(11)
+    V = 30
+    full = torch.randn(2, 3, V, generator=g, dtype=torch.float64) * 2.0
+    idx, lp, _, stats = truncate_and_stats(full, Truncation(0.9, 6), gammas=[1.0 / tau])
+    idx, lp = idx.reshape(2, 3, -1), lp.reshape(2, 3, -1)
+    stats = {k: v.reshape(2, 3).double() for k, v in stats.items()}
+    z = make_student(V=V)
+    got = losses_module.kd_loss_from_config(z, SparseTeacherBatch(idx, lp.double(), stats),
+                                            KDConfig(kind=kind, normalization="tail", temperature=tau))
+    p_dense = torch.softmax(full / tau, -1)
     q = torch.softmax(z, -1)
-    q_b = torch.cat([q.gather(-1, idx), 1 - q.gather(-1, idx).sum(-1, keepdim=True)], dim=-1)
-    torch.testing.assert_close(got, -(p * q_b.log()).sum(-1))
+    for b in range(2):
+        for t in range(3):
+            keep = torch.isfinite(lp[b, t])
+            ids = idx[b, t][keep]
+            p = torch.cat([p_dense[b, t, ids], 1 - p_dense[b, t, ids].sum(0, keepdim=True)])
+            qb = torch.cat([q[b, t, ids], 1 - q[b, t, ids].sum(0, keepdim=True)])
+            want = _bucket_div(kind, p.numpy(), qb.numpy())
+            np.testing.assert_allclose(got[b, t].item(), want, rtol=2e-5, atol=1e-6)
+    if kind == "nll":
+        return  # a cross-entropy: not 0 at the teacher
+    # the student equal to the teacher (at the student's tau = 1: q = the tempered teacher) scores 0
+    same = losses_module.kd_loss_from_config(
+        (full / tau).to(torch.float64), SparseTeacherBatch(idx, lp.double(), stats),
+        KDConfig(kind=kind, normalization="tail", temperature=tau))
+    assert same.abs().max() < 1e-5
+
+
+def test_tail_bucket_is_the_true_off_support_mass():
+    # The review's counter-example: at tau = 2 the pseudo-token tail gave 0.042 where the true
+    # off-support mass was 0.64. Ours is the true mass.
+    g = torch.Generator().manual_seed(3)
+    full = torch.randn(1, 1, 200, generator=g, dtype=torch.float64) * 3.0
+    idx, lp, _, stats = truncate_and_stats(full, Truncation(0.95, 10), gammas=[0.5])
+    valid = torch.isfinite(lp)
+    _, tail = losses_module.tempered_tail(lp.double(), valid, 0.5, stats["log_u_0.5"].double())
+    p2 = torch.softmax(full.reshape(-1) / 2.0, -1)
+    true_off = 1 - p2[idx.reshape(-1)[valid.reshape(-1)]].sum()
+    np.testing.assert_allclose(tail.exp().item(), true_off.item(), rtol=1e-6)
+    assert true_off > 0.3
+
+
+def test_tail_at_temperature_without_the_statistic_is_refused():
+    _, _, idx, lp = make_teacher()
+    with pytest.raises(ValueError, match="log_u_2"):
+        losses_module.kd_loss_from_config(make_student(), SparseTeacherBatch(idx, lp, {}),
+                                          KDConfig(normalization="tail", temperature=0.5))
+    with pytest.raises(ValueError, match="1/tau"):
+        kd_loss(make_student(), idx, lp, kind="kld", normalization="tail", temperature=0.5)
 
 
 def test_student_logprobs_are_reused():
@@ -296,9 +361,11 @@ def test_gradients_match_finite_differences(kind, normalization):
     _, _, idx, lp = make_teacher(B=1, T=2, V=9, K=4, seed=7)
     z = make_student(B=1, T=2, V=9, seed=8).requires_grad_(True)
 
+    full = make_teacher(B=1, T=2, V=9, K=4, seed=7)[0]
+
     def fn(x):
         return kd_loss(x, idx, lp, kind=kind, normalization=normalization, temperature=1.5,
-                       student_temperature=0.8)
+                       student_temperature=0.8, teacher_log_u=log_u(full, 1.5))
 
     assert torch.autograd.gradcheck(fn, (z,), eps=1e-6, atol=1e-6)
 
@@ -319,14 +386,55 @@ def test_adaptive_gradients_match_finite_differences(method):
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
 def test_normkd_formula(normalization):
     full, full_lp, idx, lp = make_teacher(V=50, K=7)
-    stats = make_stats(full)
+    stats = make_stats(full, t_norms=(1.5,))
     z = make_student(V=50)
     kd = KDConfig(adaptive="normkd", t_norm=1.5, normalization=normalization)
     got = adaptive_kd_loss(z, SparseTeacherBatch(idx, lp, stats), kd)
     tau_t = 1.5 * full.numpy().std(axis=-1, ddof=1)
     tau_s = 1.5 * z.numpy().std(axis=-1, ddof=1)
-    want = tau_t**2 * ref_kd("kld", z.numpy(), idx.numpy(), lp.numpy(), tau_t, tau_s, normalization)
+    want = tau_t**2 * ref_kd("kld", z.numpy(), idx.numpy(), lp.numpy(), tau_t, tau_s, normalization, full.numpy())
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-9)
+
+
+def test_normkd_tail_with_the_stores_statistic_is_exact():
+    # Issue 15: NormKD's teacher at tau_T = t_norm * std(z_T) with the TRUE off-support mass, from
+    # the statistic the extraction computes (row_stats), equals the dense computation; a student
+    # equal to the teacher scores 0, where the renormalised composition puts its minimum elsewhere.
+    g = torch.Generator().manual_seed(5)
+    V = 40
+    full = torch.randn(2, 3, V, generator=g, dtype=torch.float64) * 2.0
+    idx, lp, _, stats = truncate_and_stats(full, Truncation(0.95, 8), gammas=[], t_norms=[2.0])
+    idx, lp = idx.reshape(2, 3, -1), lp.reshape(2, 3, -1).double()
+    stats = {k: v.reshape(2, 3).double() for k, v in stats.items()}
+    teacher = SparseTeacherBatch(idx, lp, stats)
+    z = make_student(V=V)
+    kd = KDConfig(adaptive="normkd", t_norm=2.0, normalization="tail")
+    got = adaptive_kd_loss(z, teacher, kd)
+    tau_t = 2.0 * full.std(-1)
+    tau_s = 2.0 * z.std(-1)
+    want = np.zeros((2, 3))
+    for b in range(2):
+        for t in range(3):
+            p_dense = torch.softmax(full[b, t] / tau_t[b, t], -1)
+            q = torch.softmax(z[b, t] / tau_s[b, t], -1)
+            ids = idx[b, t][torch.isfinite(lp[b, t])]
+            p = torch.cat([p_dense[ids], 1 - p_dense[ids].sum(0, keepdim=True)])
+            qb = torch.cat([q[ids], 1 - q[ids].sum(0, keepdim=True)])
+            want[b, t] = tau_t[b, t].item() ** 2 * _xlogy_ratio(p.numpy(), qb.numpy())
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5)
+    # the teacher itself as the student: 0 with the exact tail, far from 0 renormalised
+    assert adaptive_kd_loss(full, teacher, kd).abs().max() < 1e-4
+    renorm = adaptive_kd_loss(full, teacher, KDConfig(adaptive="normkd", t_norm=2.0))
+    assert renorm.min() > 1.0
+
+
+def test_row_stats_normkd_normaliser():
+    full = torch.randn(5, 64, generator=torch.Generator().manual_seed(2)) * 3
+    stats = row_stats(full, [], t_norms=[2.0, 0.5])
+    lp = torch.log_softmax(full.double(), -1)
+    for t in (2.0, 0.5):
+        want = torch.logsumexp(lp / (t * full.double().std(-1, keepdim=True)), -1)
+        torch.testing.assert_close(stats[format_t_norm(t)].double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_normkd_full_teacher_is_published_formula():
@@ -406,13 +514,13 @@ def test_adakd_h_formula():
     full, _, idx, lp = make_teacher(V=50, K=7, scale=3.0)
     stats = make_stats(full)
     z = make_student(V=50)
-    kd = KDConfig(adaptive="adakd_h", adakd_tau_min=0.5, adakd_tau_max=2.0, normalization="tail",
+    kd = KDConfig(adaptive="adakd_h", adakd_tau_min=0.5, adakd_tau_max=2.0,
                   kind="jsd", student_temperature=1.5)
     teacher = SparseTeacherBatch(idx, lp, stats)
     h = stats["entropy"].numpy()
     tau = np.clip(2.0 - 1.5 * h / math.log(50), 0.5, 2.0)
     np.testing.assert_allclose(adakd_temperature(teacher, kd, 50).numpy(), tau, rtol=1e-12)
-    want = ref_kd("jsd", z.numpy(), idx.numpy(), lp.numpy(), tau, 1.5, "tail")
+    want = ref_kd("jsd", z.numpy(), idx.numpy(), lp.numpy(), tau, 1.5, "renormalize")
     np.testing.assert_allclose(adaptive_kd_loss(z, teacher, kd).numpy(), want, rtol=1e-9)
     # The ends of the map: one-hot teacher -> tau_max, uniform -> tau_min.
     ends = SparseTeacherBatch(idx[:1, :2], lp[:1, :2], {"entropy": torch.tensor([[0.0, math.log(50)]])})
@@ -443,6 +551,8 @@ def test_adaptive_needs_its_statistic(method, key):
     ({"adaptive": "normkd", "temperature": 2.0}, "temperature is not used"),
     ({"adaptive": "wttm", "student_temperature": 2.0}, "student_temperature is not used"),
     ({"adaptive": "normkd", "scale_by_temperature_sq": True}, "scale_by_temperature_sq"),
+    ({"adaptive": "adakd_h", "normalization": "tail"}, "per-position τ"),
+    ({"adaptive": "adakd_sd", "normalization": "tail"}, "use renormalize"),
 ])
 def test_kd_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -627,7 +737,8 @@ def test_float32_logits_and_realistic_sizes_are_finite():
     labels = torch.randint(0, V, (2, 16), generator=g)
     for kind in KD_KINDS:
         for normalization in NORMALIZATIONS:
-            parts = distillation_loss(z, labels, SparseTeacherBatch(idx, lp), 0.9,
+            stats = {format_gamma(1 / 0.05): torch.logsumexp(torch.log_softmax(t_logits, -1) / 0.05, -1)}
+            parts = distillation_loss(z, labels, SparseTeacherBatch(idx, lp, stats), 0.9,
                                       KDConfig(kind=kind, normalization=normalization, temperature=0.05))
             parts.loss.backward()
             assert torch.isfinite(parts.loss) and torch.isfinite(z.grad).all(), (kind, normalization)

@@ -49,7 +49,8 @@ VALUES: dict[type, dict[str, tuple]] = {
         "wttm_gamma": (0.7, {}), "wttm_beta": (0.5, {}), "adakd_tau_min": (0.25, {}), "adakd_tau_max": (4.0, {}),
         "adakd_sd_ref": (2.5, {}), "scale_by_temperature_sq": (True, {}),
     },
-    Truncation: {"top_p": (0.8, {}), "top_k": (50, {})},
+    Truncation: {"top_p": (0.8, {}), "top_k": (50, {}), "samples": (8, {}),
+                 "proposal_temperature": (2.0, {"samples": 8})},
     TrainConfig: {
         "tokens": (655_360, {}), "batch_size": (8, {}), "micro_batch_size": (4, {}), "seed": (7, {}),
         "nonfinite_from_step": (3, {}), "max_nonfinite_steps": (2, {}), "bf16": (False, {}), "fused_loss": (False, {}),
@@ -61,7 +62,7 @@ VALUES: dict[type, dict[str, tuple]] = {
         "tasks_every_tokens": (131_072, {}), "task_examples": (50, {}), "task_seed": (3, {}), "batch_size": (4, {}),
     },
     LogitsStoreConfig: {
-        "top_p_max": (0.99, {}), "top_k_max": (200, {}), "gammas": ([0.5, 0.8], {}), "shard_tokens": (65_536, {}),
+        "top_p_max": (0.99, {}), "top_k_max": (200, {}), "gammas": ([0.5, 0.8], {}), "t_norms": ([1.5], {}), "shard_tokens": (65_536, {}),
         "format_version": (2, {}), "target_kl": (1e-3, {}),
         "batch_size": (4, {}),
     },

@@ -149,19 +149,26 @@ def test_mini_offline_logits_stores_are_shared():
     """A store's identity includes the tokens it covers (the largest offline student budget of a
     study), so every mini study distilling offline from a teacher must use the same budget. (A
     sampled store, orchestrator.sampling, serves one sampling only: it is not the shared one.)"""
+    import json
+
     stores: dict[str, set[tuple]] = defaultdict(set)
-    units: dict[str, set[str]] = defaultdict(set)
+    units: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for p in MINI:
         study = _plan(p).study
         for unit in _plan(p).units:
             if unit.kind == "logits" and not unit.config.get("sampling"):
                 teacher = unit.config["teacher"]
                 spec = study.logits_spec(teacher)
-                stores[teacher].add((spec.config_hash, spec.config["num_tokens"]))
-                units[teacher].add(unit.config_hash)
+                # the per-row statistics a study's students read (issue 15: NormKD with its exact
+                # tail) are added to that study's store; everything else must be shared
+                core = {k: v for k, v in spec.config.items() if k not in ("gammas", "t_norms")}
+                stores[teacher].add((json.dumps(core, sort_keys=True), spec.config["num_tokens"]))
+                units[teacher][unit.config_hash].add(p.name)
     assert "t1" in stores
     assert {t: s for t, s in stores.items() if len(s) > 1} == {}
-    assert all(len(h) == 1 for h in units.values())
+    # one store per teacher, plus the adaptive-temperature study's own (it keeps NormKD's normaliser)
+    assert all(len(h) == 1 for t, h in units.items() if t != "t1")
+    assert sorted(map(sorted, units["t1"].values()), key=len)[:-1] == [["adaptive_temperature.yaml"]]
     t1_users = sum(any(u.kind == "logits" and u.config["teacher"] == "t1" for u in _plan(p).units) for p in MINI)
     assert t1_users >= len(MINI) - 2, "nearly every mini study reads the one t1 store"
 

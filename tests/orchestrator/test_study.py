@@ -97,8 +97,15 @@ BAD = [
     ("top-k-over-online-store", "teachers:\n  t1: {tokens: 2e6, online: {capture: true, top_k: 20}}\n"
      "base: {teacher: t1, tokens: 5e5, logits_source: online}\n",
      "base.kd.top_k: must be <= teachers.t1.online.top_k (20)"),
-    ("wttm-gamma", TEACHER + "base:\n  teacher: t1\n  kd: {adaptive: wttm, wttm_gamma: 0.7}\n",
-     "base.kd.wttm_gamma: 0.7 must be listed in logits.gammas"),
+    ("online-capture-lacks-a-statistic", "teachers:\n  t1: {tokens: 2e6, online: {capture: true}}\n"
+     "base: {teacher: t1, tokens: 5e5, logits_source: online, kd: {normalization: tail, temperature: 2}}\n",
+     "base.kd: reads full-vocabulary statistics that teachers.t1.online's capture does not keep; add "
+     "logits.gammas: 0.5 to the study"),
+    ("online-capture-lacks-normkd", "teachers:\n  t1: {tokens: 2e6, online: {capture: true}}\n"
+     "base: {teacher: t1, tokens: 5e5, logits_source: online, kd: {adaptive: normkd, normalization: tail}}\n",
+     "add logits.t_norms: 2 to the study"),
+    ("adakd-tail", TEACHER + "base:\n  teacher: t1\n  kd: {adaptive: adakd_h, normalization: tail}\n",
+     "base.kd.normalization: tail is exact only at a temperature"),
     ("pretrained-with-scratch-fields", "teachers:\n  glm4: {pretrained: THUDM/glm-4-9b, tokens: 1e9}\n",
      "teachers.glm4.tokens: does not apply to a pretrained teacher"),
     ("pretrained-needs-tokenizer", "teachers:\n  glm4: {pretrained: THUDM/glm-4-9b}\nbase: {teacher: glm4}\n",
@@ -378,6 +385,24 @@ def test_teacher_data_and_logits_specs():
     again = load_study(FIXTURES / "sweep_k.yaml", overrides=["logits.batch_size=64", "eval.limit=10"])
     assert again.logits_spec("t1").config_hash == store.config_hash  # throughput / eval only
     assert again.teacher_specs()["t1"].config_hash == t1.config_hash
+
+
+def test_offline_store_keeps_every_statistic_its_students_read(tmp_path):
+    # issue 15: tail at tau != 1 reads log U_(1/tau), NormKD with tail its exact normaliser, WTTM
+    # log U_gamma; the planner adds each to the study's store. A study that needs none keeps the
+    # store it had (same hash).
+    plain = load_study(write(tmp_path, TEACHER + "base: {teacher: t1}\n", "plain.yaml"))
+    study = load_study(write(tmp_path, TEACHER + "base: {teacher: t1}\nsweeps:\n"
+                             "  - {kd.normalization: [tail], kd.temperature: [2]}\n"
+                             "  - {kd.adaptive: [normkd], kd.normalization: [tail]}\n"
+                             "  - {kd.adaptive: [wttm], kd.wttm_gamma: [0.7]}\n"
+                             "  - {kd.temperature: [0.5]}\n"))
+    store = study.logits_spec("t1").config
+    assert store["gammas"] == [0.5, 0.7] and store["t_norms"] == [2.0]
+    assert "t_norms" not in plain.logits_spec("t1").config
+    assert plain.logits_spec("t1").config_hash == load_study(
+        write(tmp_path, TEACHER + "base: {teacher: t1}\nsweeps:\n  - {kd.temperature: [0.5, 2]}\n",
+              "renorm.yaml")).logits_spec("t1").config_hash  # renormalize at any tau needs nothing
 
 
 # --------------------------------------------------------------------------------------------
