@@ -179,6 +179,12 @@ def distinct_runs(pairs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+#: Config keys that do not make a condition: the seed, and what is not the run's identity (the store a
+#: run read is chosen per study: a run shared by two studies may be recorded with either store;
+#: the teacher's study-local name; derived hashes; execution settings).
+_NOT_CONDITION = ("seed", "baseline_hash", "logits_hash", "teacher", "execution")
+
+
 def _layout(pairs: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(condition, block, gain) per run; frames without a condition or a baseline column use
     (study, group) and the seed."""
@@ -545,7 +551,7 @@ def pd_pairs(results: Results) -> pd.DataFrame:
         cfg = results.configs.get(h)
         if not cfg:
             return None
-        return "cfg:" + stable_hash({k: v for k, v in cfg.items() if k not in ("seed", "baseline_hash")})
+        return "cfg:" + stable_hash({k: v for k, v in cfg.items() if k not in _NOT_CONDITION})
 
     out = pd.DataFrame({
         "study": results.study, "trial_id": st["trial_id"], "group": st["trial_id"].map(_label),
