@@ -3,8 +3,8 @@ Llama built here (no dependency on core.models / core.data)."""
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.core.tiny import tiny_llama
 from core.config import Truncation
 from core.logits import (
     VALUE_MAX_ABS_ERROR,
@@ -28,9 +28,7 @@ HASHES = dict(teacher_id="tiny", teacher_hash="th", tokenizer_hash="kh", data_ha
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=T)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(V, T)
 
 
 class FakePackedData:

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.core.tiny import tiny_llama
 from core.config import KDConfig, Truncation, check_sampled_kd
 from core.fused_loss import linear_distillation_loss
 from core.logits import LogitsStore, StoreMismatchError, StoreTeacher, extract_logits
@@ -181,9 +181,7 @@ HASHES = dict(teacher_id="tiny", teacher_hash="th", tokenizer_hash="kh", data_ha
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=T)
-    return LlamaForCausalLM(config).eval()
+    return tiny_llama(V, T)
 
 
 def _sequences():
@@ -285,9 +283,7 @@ def test_trainer_distils_from_a_sampled_store(tmp_path, model):
         cfg = TrainConfig(tokens=3 * 4 * T, batch_size=4, log_every_steps=1, kd=KDConfig(),
                           alpha_schedule=AlphaScheduleConfig(alpha=0.5), fused_loss=fused)
         torch.manual_seed(1)
-        student = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=64,
-                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                               max_position_embeddings=T))
+        student = tiny_llama(V, T).train()
         rows = []
         train(cfg, student, data, teacher=StoreTeacher(store, rule), run_dir=tmp_path / f"run{fused}", export=False,
               report=lambda kind, row: rows.append(row) if kind == "metrics" and "kd_loss" in row else None)
