@@ -78,7 +78,9 @@ def register_study(db_url: str, name: str, spec: dict, spec_hash: str, units: It
     """Make sure the study, every unit and every trial id are in the database.
 
     Returns config_hash -> status for ``units``. Existing runs are never overwritten (a unit shared
-    with another study keeps its history); the study's spec and its trial ids' links are updated.
+    with another study keeps its history), except that a missing ``baseline_hash`` (a run first
+    registered by a study with `baselines: {auto: false}`) is filled in; the study's spec and its
+    trial ids' links are updated.
     """
     units = list(units)
     with session_scope(engine_for(db_url)) as s:
@@ -96,6 +98,12 @@ def register_study(db_url: str, name: str, spec: dict, spec_hash: str, units: It
                 run = Run(config_hash=u.config_hash, kind=u.kind, config=u.config, status="pending", attempts=0)
                 s.add(run)
                 existing[u.config_hash] = run
+            elif (u.config or {}).get("baseline_hash") and not (existing[u.config_hash].config or {}).get("baseline_hash"):
+                # the pairing is derived from the config itself (never part of the identity): a run
+                # first registered by a study without baselines gets its LM-only twin when another
+                # study that has it reuses the run, or no table could pair them
+                existing[u.config_hash].config = {**existing[u.config_hash].config,
+                                                  "baseline_hash": u.config["baseline_hash"]}
         s.flush()
         links = {sr.trial_id: sr for sr in s.execute(select(StudyRun).where(StudyRun.study_id == row.id)).scalars()}
         for t in trials:

@@ -40,6 +40,27 @@ def test_register_is_idempotent_and_keeps_a_shared_units_history(db):
         results.run_id_for(db, "nope")
 
 
+def test_a_run_first_registered_without_its_baseline_gets_it_from_a_study_that_has_it(db):
+    # a study with `baselines: {auto: false}` registers the student with no pairing; a later study
+    # with its LM-only twin fills it in (derived, not identity), and the student pairs in tables
+    alone = UnitRecord("s", "student", {**UNITS[2].config, "baseline_hash": None})
+    results.register_study(db, "alone", {"name": "alone"}, "h0", [alone], [TrialRecord("base", "s")])
+    results.register_study(db, "one", {"name": "one"}, "h1", UNITS, TRIALS)
+    runs = results.status_rows(db, "one")
+    assert len(runs) == 4
+    with results.session_scope(results.engine_for(db)) as s:
+        from sqlalchemy import select
+
+        from results.schema import Run
+
+        config = s.execute(select(Run.config).where(Run.config_hash == "s")).scalar_one()
+    assert config["baseline_hash"] == "b" and config["seed"] == 0
+    # a study without baselines never erases a pairing
+    results.register_study(db, "again", {"name": "again"}, "h2", [alone], [TrialRecord("base", "s")])
+    with results.session_scope(results.engine_for(db)) as s:
+        assert s.execute(select(Run.config).where(Run.config_hash == "s")).scalar_one()["baseline_hash"] == "b"
+
+
 def test_unit_statuses_of_a_database_not_there_yet_is_empty(tmp_path):
     assert results.unit_statuses(f"sqlite:///{tmp_path / 'none.db'}", ["x"]) == {}
 
