@@ -10,7 +10,6 @@ No torch here: the orchestrator and analysis import this module cheaply.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 
@@ -449,9 +448,6 @@ class LogitsStoreConfig:
     @property
     def keeps(self) -> Truncation:
         return Truncation(self.top_p_max, self.top_k_max)
-
-    def has_gamma(self, gamma: float) -> bool:
-        return any(math.isclose(gamma, g) for g in self.gammas)
 
     def missing_stats(self, kd: "KDConfig") -> list[str]:
         """What ``kd`` reads that this store does not keep, as study settings to add ([] = none)."""

@@ -261,6 +261,23 @@ MAX_VALUE_SCALE = 255
 MIN_VALUE_SCALE = 8
 #: Default bound on a shard's mean KL(exact || stored) per position (nats), see ``choose_scale``.
 DEFAULT_TARGET_KL = 5e-4
+
+
+def distortion_summary(records: list[dict]) -> dict | None:
+    """A format-2 store's distortion from its manifest's shard records (those with ``distortion``):
+    mean_kl and mean_kl_tail weighted by rows, p999_kl and max_kl the largest shard's (an upper
+    bound), value_scales [smallest, largest S]; None when no shard has been measured."""
+    records = [r for r in records if "distortion" in r]
+    rows = sum(r["num_rows"] for r in records)
+    if not records or not rows:
+        return None
+    return {
+        "mean_kl": sum(r["distortion"]["mean_kl"] * r["num_rows"] for r in records) / rows,
+        "p999_kl": max(r["distortion"]["p999_kl"] for r in records),
+        "max_kl": max(r["distortion"]["max_kl"] for r in records),
+        "mean_kl_tail": sum(r["distortion"]["mean_kl_tail"] * r["num_rows"] for r in records) / rows,
+        "value_scales": [min(r["value_scale"] for r in records), max(r["value_scale"] for r in records)],
+    }
 #: zstd level of format 2's frames (5: within ~2 % of level 9's size at about half its time).
 DEFAULT_ZSTD_LEVEL = 5
 #: Entries per zstd frame group (whole items; a reader decompresses the groups it touches).

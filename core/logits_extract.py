@@ -17,7 +17,7 @@ import torch
 from core.config import LogitsStoreConfig, Truncation
 from core.logits_math import stat_keys, truncate_and_stats
 from core.logits_store import LogitsStoreWriter, StoreError, encode_values
-from core.sampled_kd import DEFAULT_SEED, batch_generator, check_store_format, sample_and_stats, sampling_header
+from core.sampled_kd import DEFAULT_SEED, batch_generator, sample_and_stats, sampling_header
 from core.types import SparseTeacherBatch
 
 #: WTTM gammas stored by default: none. A study that runs WTTM passes its gammas (the paper's
@@ -250,8 +250,7 @@ def extract_logits(
             "autocast": "bf16" if isinstance(_autocast(device, model), torch.autocast) else None,
         },
     }
-    if keeps.sampled:  # importance-sampled rows (core.sampled_kd): log-weights, format 1 only
-        check_store_format(format_version)
+    if keeps.sampled:  # importance-sampled rows (core.sampled_kd): log-weights (the writer refuses format 2)
         header.update(sampling_header(keeps, vocab_size, sampling_seed))
     writer = LogitsStoreWriter(out_dir, header, format_version=format_version, target_kl=target_kl)
     if writer.complete:

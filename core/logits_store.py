@@ -61,6 +61,7 @@ import torch
 from core.config import Truncation
 from core.logits_codec import (
     DEFAULT_TARGET_KL,
+    distortion_summary,
     DEFAULT_ZSTD_LEVEL,
     MAX_GAP_VOCAB,
     MAX_VALUE_SCALE,
@@ -77,7 +78,7 @@ from core.logits_codec import (
     zstandard,
 )
 from core.logits_math import kept_counts, stat_keys
-from core.sampled_kd import store_keeps
+from core.sampled_kd import check_store_format, store_keeps
 from core.types import SparseTeacherBatch
 from core.utils import atomic_write_text
 
@@ -279,9 +280,8 @@ class LogitsStoreWriter:
             format_version = (old or {}).get("format_version", DEFAULT_FORMAT_VERSION)
         if format_version not in FORMAT_VERSIONS:
             raise ValueError(f"format_version must be one of {FORMAT_VERSIONS}, got {format_version!r}")
-        if format_version == 2 and header.get("sampling"):
-            raise ValueError("a sampled store (core.sampled_kd) must be format 1: format 2 codes renormalised "
-                             "probabilities, not importance weights")
+        if header.get("sampling"):
+            check_store_format(format_version)  # importance weights: format 1 only (core.sampled_kd)
         if format_version == 2 and int(header["vocab_size"]) > MAX_GAP_VOCAB:
             raise ValueError(f"format 2 stores vocabularies of at most {MAX_GAP_VOCAB} tokens, not "
                              f"{header['vocab_size']}; use format_version=1")
@@ -605,19 +605,9 @@ class LogitsStore:
         """
         if self.format_version == 1:
             return None
-        records = [r for r in self._records if "distortion" in r]
-        rows = sum(r["num_rows"] for r in records)
-        if not records:
-            return {"mean_kl": 0.0, "p999_kl": 0.0, "max_kl": 0.0, "mean_kl_tail": 0.0,
-                    "target_kl": self.manifest["encoding"]["value"]["target_kl"], "value_scales": []}
-        return {
-            "mean_kl": sum(r["distortion"]["mean_kl"] * r["num_rows"] for r in records) / rows,
-            "p999_kl": max(r["distortion"]["p999_kl"] for r in records),
-            "max_kl": max(r["distortion"]["max_kl"] for r in records),
-            "mean_kl_tail": sum(r["distortion"]["mean_kl_tail"] * r["num_rows"] for r in records) / rows,
-            "target_kl": self.manifest["encoding"]["value"]["target_kl"],
-            "value_scales": [min(r["value_scale"] for r in records), max(r["value_scale"] for r in records)],
-        }
+        summary = distortion_summary(self._records) or {
+            "mean_kl": 0.0, "p999_kl": 0.0, "max_kl": 0.0, "mean_kl_tail": 0.0, "value_scales": []}
+        return {**summary, "target_kl": self.manifest["encoding"]["value"]["target_kl"]}
 
     # -- low-level access -----------------------------------------------------------------
     def _shard(self, s: int) -> _Shard:

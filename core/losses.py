@@ -660,8 +660,7 @@ def kd_loss_from_config(
     student_logprobs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The KD term (B, T) as it enters the loss: kd_loss or adaptive_kd_loss, tau^2 if asked."""
-    if teacher.sampled:  # importance-sampled rows: core.sampled_kd's unbiased estimate
-        check_sampled_kd(kd)
+    if teacher.sampled:  # importance-sampled rows: core.sampled_kd's unbiased estimate (it checks kd)
         return sampled_teacher_term(teacher, kd, _gathered_student(student_logits, teacher.indices, 1.0,
                                                                     student_logprobs))
     if kd.adaptive is not None:

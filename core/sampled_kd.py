@@ -46,7 +46,7 @@ from typing import Sequence
 
 import torch
 
-from core.config import SAMPLING_SEED, Truncation, check_sampled_kd
+from core.config import SAMPLED_KD_KINDS, SAMPLING_SEED, Truncation, check_sampled_kd
 from core.logits_math import row_stats
 from core.settings import ConfigError
 
@@ -195,8 +195,8 @@ def sampled_kd_term(s_logq: torch.Tensor, log_weights: torch.Tensor, entropy: to
     s_logq: (B, T, K) the student's full-vocabulary log-softmax (τ_s = 1) at the kept ids;
     log_weights: (B, T, K) log w_v, -inf on padding; entropy: (B, T) the teacher's exact H(p).
     """
-    if kind not in ("kld", "nll"):
-        raise ConfigError("kind", f"must be kld or nll with samples, got {kind}")
+    if kind not in SAMPLED_KD_KINDS:
+        raise ConfigError("kind", f"must be one of {', '.join(SAMPLED_KD_KINDS)} with samples, got {kind}")
     valid = log_weights > float("-inf")
     w = torch.where(valid, log_weights.to(s_logq.dtype).exp(), torch.zeros((), dtype=s_logq.dtype,
                                                                            device=s_logq.device))

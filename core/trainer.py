@@ -119,7 +119,7 @@ def _fused_loss(hidden: torch.Tensor, lm_head: torch.Tensor, labels: torch.Tenso
         teacher.logprobs.reshape(-1, k) if teacher is not None else None,
         alpha=alpha, kd=kd, num_tokens=num_tokens,
         teacher_stats={n: v.reshape(-1) for n, v in teacher.stats.items()} if teacher is not None else None,
-        teacher_sampled=teacher is not None and getattr(teacher, "sampled", False),
+        teacher_sampled=teacher is not None and teacher.sampled,
     )
 
 

@@ -41,8 +41,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
-def artifacts_root(explicit: str | os.PathLike | None = None) -> Path:
-    """Root of all artifacts: explicit argument, else $PDSPACE_HOME, else ./artifacts."""
+def artifacts_root(explicit: str | os.PathLike | None = None, *, create: bool = True) -> Path:
+    """Root of all artifacts: explicit argument, else $PDSPACE_HOME, else ./artifacts (created
+    unless ``create`` is False: a reader that only looks)."""
     root = Path(explicit or os.environ.get("PDSPACE_HOME") or "artifacts")
-    root.mkdir(parents=True, exist_ok=True)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
     return root

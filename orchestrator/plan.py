@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from core.config import LogitsStoreConfig
 from core.memory import (GB, MemoryEstimate, TeacherFootprint, inference_memory, pretrained_teacher, scratch_teacher,
                          training_memory)
 from core.sizes import get_size, param_counts
-from core.utils import DATA_FORMAT_VERSION
+from core.logits_codec import distortion_summary
+from core.utils import DATA_FORMAT_VERSION, artifacts_root
 from orchestrator.identity import logits_unit_hash, unit_hash
 from orchestrator.sampling import sampling_of
 
@@ -367,33 +367,32 @@ def format_plan(plan: Plan, db_url: str | None = None) -> str:
 
 def _store_lines(plan: Plan) -> list[str]:
     """The format of each logits store, and the distortion a compact store measured (its manifest)."""
-    root = Path(os.environ.get("PDSPACE_HOME") or "artifacts")  # as core.utils.artifacts_root, not created
+    root = artifacts_root(create=False)
     out = []
     for u in plan.units:
         if u.kind != "logits":
             continue
         version = u.config.get("format_version", 1)
         text = f"{u.trial_id}: store format {version}" + (
-            " (exact 16-bit values)" if version == 1 else f" (compact; target mean KL {u.config.get('target_kl', 5e-4):g})")
+            " (exact 16-bit values)" if version == 1
+            else f" (compact; target mean KL {u.config.get('target_kl', LogitsStoreConfig.target_kl):g})")
         sampling = u.config.get("sampling")
-        rows = (f"sampled, {sampling['samples']} draws per token at proposal temperature "
+        rule = (f"sampled, {sampling['samples']} draws per token at proposal temperature "
                 f"{sampling['proposal_temperature']:g}" if sampling else
                 f"top-{u.config['top_p_max']:g}-{u.config['top_k_max']}")
         if "bytes_per_token" in u.estimate:
-            text += f"; {rows}; ~{u.estimate['bytes_per_token']:.0f} B/token estimated"
+            text += f"; {rule}; ~{u.estimate['bytes_per_token']:.0f} B/token estimated"
         kept = [f"log U_γ at γ = {', '.join(f'{g:g}' for g in u.config['gammas'])}"] if u.config.get("gammas") else []
         if u.config.get("t_norms"):
             kept.append(f"NormKD's exact normaliser at t_norm = {', '.join(f'{t:g}' for t in u.config['t_norms'])}")
         if kept:
             text += "; per row, full-vocabulary " + " and ".join(kept)
         manifest = root / "logits" / u.config_hash / "store" / "manifest.json"
-        if version == 2 and manifest.exists():
-            records = [r for r in json.loads(manifest.read_text()).get("shards", []) if r.get("distortion")]
-            rows = sum(r["num_rows"] for r in records)
-            if rows:
-                mean = sum(r["distortion"]["mean_kl"] * r["num_rows"] for r in records) / rows
-                p999 = max(r["distortion"]["p999_kl"] for r in records)
-                text += f"; measured KL(exact || stored): mean {mean:.2e}, p99.9 {p999:.2e} nats per position"
+        measured = distortion_summary(json.loads(manifest.read_text()).get("shards", [])) \
+            if version == 2 and manifest.exists() else None
+        if measured is not None:
+            text += (f"; measured KL(exact || stored): mean {measured['mean_kl']:.2e}, "
+                     f"p99.9 {measured['p999_kl']:.2e} nats per position")
         out.append(text)
     return out
 

@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from core.config import LM_ONLY_ALPHA, EvalConfig, LogitsStoreConfig, TrainConfig, Truncation
+from core.config import LM_ONLY_ALPHA, SAMPLING_SEED, EvalConfig, LogitsStoreConfig, TrainConfig, Truncation
 from core.settings import build, build_from, config_dict
 from orchestrator.recorder import RunRecorder
 
@@ -187,7 +187,7 @@ def run_logits(unit: dict[str, Any], out_dir: Path, artifacts: str, rec: RunReco
         samples=sampling["samples"], proposal_temperature=sampling["proposal_temperature"])
     path = extract_logits(
         model, data, out_dir / "store", split="train", keeps=keeps, gammas=store.gammas, t_norms=store.t_norms,
-        sampling_seed=(sampling or {}).get("seed", 0),
+        sampling_seed=sampling["seed"] if sampling else SAMPLING_SEED,
         batch_size=store.batch_size, format_version=store.format_version, target_kl=store.target_kl,
         shard_tokens=store.shard_tokens, device=device, teacher_id=cfg.get("pretrained") or cfg["teacher"],
         teacher_hash=cfg["teacher_hash"], tokenizer_hash=data.tokenizer_hash, data_hash=data.hash,
@@ -221,9 +221,9 @@ def record_kept_stats(store_path: Path, rec: RunRecorder, *, num_tokens: int) ->
                      **{key: st[key] for key in ("mean_kept_per_token", "bytes_per_token", "mean_kept_mass",
                                                  "capped_frac", "sampled_rows")}})
     rec.kept_stats(rows)
-    row = {"step": 0, "tokens": num_tokens, "store_bytes": store.storage()["bytes"]}
+    size = store.storage()
+    row = {"step": 0, "tokens": num_tokens, "store_bytes": size["bytes"]}
     if keeps.sampled:  # its measured size per token (entries and counts; statistics apart)
-        size = store.storage()
         row.update(store_bytes_per_token=size["bytes_per_token"],
                    store_entries_per_token=size["mean_entries_per_token"])
     if store.distortion is not None:  # a compact (format 2) store reports what it lost
