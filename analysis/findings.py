@@ -586,26 +586,34 @@ def pd_pairs(results: Results) -> pd.DataFrame:
     return out[PAIR_COLUMNS].reset_index(drop=True)
 
 
-def gains_over_training(results: Results) -> pd.DataFrame:
-    """Per PD run and evaluation: LM-only and PD held-out losses at the same tokens and the gain (%).
-    Columns: trial_id, student, tokens, lm, pd, gain_pct."""
-    cols = ["trial_id", "student", "tokens", "lm", "pd", "gain_pct"]
-    m = results.metrics
-    if m.empty:
-        return pd.DataFrame(columns=cols)
-    m = m[(m["name"] == "val_loss") & m["value"].notna()].drop_duplicates(["run_id", "step"])
+_OVER_TRAINING = ["trial_id", "student", "tokens", "lm", "pd", "gain_pct"]
+
+
+def _paired_over_training(results: Results, curves: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Each completed PD run's ``value`` per evaluation (curves: config_hash, tokens, value, one row
+    per run and evaluation) next to its LM-only baseline's at the same tokens. Columns: trial_id,
+    student, tokens, lm, pd."""
     runs = results.runs.drop_duplicates("config_hash")
     info = runs[["config_hash", "trial_id", "kind", "status"]].assign(
         baseline_hash=_col(runs, "baseline_hash", None), student=_col(runs, "student", None))
-    curves = m[["config_hash", "tokens", "value"]].merge(info, on="config_hash")
-    paired = attach_baseline(curves, "value", on="tokens", fallback_last=False, out="lm")
+    paired = attach_baseline(curves.merge(info, on="config_hash"), value, on="tokens", fallback_last=False, out="lm")
     paired = paired[(paired["kind"] == "student") & (paired["status"] == "completed") & paired["lm"].notna()
                     & (paired["tokens"] > 0)]  # tokens 0: the evaluation before training, one initial model
-    out = pd.DataFrame({"trial_id": paired["trial_id"], "student": paired["student"],
-                        "tokens": paired["tokens"].astype(float), "lm": paired["lm"].astype(float),
-                        "pd": paired["value"].astype(float)})
+    return pd.DataFrame({"trial_id": paired["trial_id"], "student": paired["student"],
+                         "tokens": paired["tokens"].astype(float), "lm": paired["lm"].astype(float),
+                         "pd": paired[value].astype(float)})
+
+
+def gains_over_training(results: Results) -> pd.DataFrame:
+    """Per PD run and evaluation: LM-only and PD held-out losses at the same tokens and the gain (%).
+    Columns: trial_id, student, tokens, lm, pd, gain_pct."""
+    m = results.metrics
+    if m.empty:
+        return pd.DataFrame(columns=_OVER_TRAINING)
+    m = m[(m["name"] == "val_loss") & m["value"].notna()].drop_duplicates(["run_id", "step"])
+    out = _paired_over_training(results, m[["config_hash", "tokens", "value"]], "value")
     out["gain_pct"] = 100.0 * (out["lm"] - out["pd"]) / out["lm"]
-    return out[cols].sort_values(["trial_id", "tokens"]).reset_index(drop=True)
+    return out[_OVER_TRAINING].sort_values(["trial_id", "tokens"]).reset_index(drop=True)
 
 
 def run_accuracy(results: Results) -> pd.DataFrame:
@@ -633,22 +641,12 @@ def accuracy_over_training(results: Results) -> pd.DataFrame:
     """gains_over_training on benchmark accuracy: per PD run and benchmark evaluation, LM-only and PD
     accuracy (points) at the same tokens and their difference (gain_pct, in accuracy points).
     Columns: trial_id, student, tokens, lm, pd, gain_pct."""
-    cols = ["trial_id", "student", "tokens", "lm", "pd", "gain_pct"]
     acc = run_accuracy(results)
     if acc.empty:
-        return pd.DataFrame(columns=cols)
-    runs = results.runs.drop_duplicates("config_hash")
-    info = runs[["config_hash", "trial_id", "kind", "status"]].assign(
-        baseline_hash=_col(runs, "baseline_hash", None), student=_col(runs, "student", None))
-    curves = acc.merge(info, on="config_hash")
-    paired = attach_baseline(curves, "acc", on="tokens", fallback_last=False, out="lm")
-    paired = paired[(paired["kind"] == "student") & (paired["status"] == "completed") & paired["lm"].notna()
-                    & (paired["tokens"] > 0)]
-    out = pd.DataFrame({"trial_id": paired["trial_id"], "student": paired["student"],
-                        "tokens": paired["tokens"].astype(float), "lm": paired["lm"].astype(float),
-                        "pd": paired["acc"].astype(float)})
+        return pd.DataFrame(columns=_OVER_TRAINING)
+    out = _paired_over_training(results, acc, "acc")
     out["gain_pct"] = out["pd"] - out["lm"]
-    return out[cols].sort_values(["trial_id", "tokens"]).reset_index(drop=True)
+    return out[_OVER_TRAINING].sort_values(["trial_id", "tokens"]).reset_index(drop=True)
 
 
 @dataclass
